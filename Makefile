@@ -1,0 +1,59 @@
+# The course's commands. Each one sets up what it needs first, and re-running skips what is done.
+#   make course   set up, fetch MNIST, execute every chapter (full mode) -> build/course/index.html
+#   make test     set up, fetch MNIST, run the unit tests + every notebook in smoke mode
+#   make lab      set up, open JupyterLab on notebooks/ with the course kernel
+#   make student  write build/student/: the notebooks with solutions replaced by stubs
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+KERNEL := deploy-dl-course
+KERNEL_DISPLAY := Python 3.11 (deploy-dl course)
+
+# Python 3.11 exactly: the pinned stack is verified on it. python3 is accepted only if it is 3.11.
+PYTHON311 := $(shell command -v python3.11 2>/dev/null || \
+	(python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v python3))
+
+.PHONY: help setup data lab course test student clean distclean
+
+help:
+	@sed -n 's/^#   //p' Makefile
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt pyproject.toml
+	@if [ -z "$(PYTHON311)" ]; then \
+	  echo "ERROR: Python 3.11 is required (found: $$(python3 --version 2>&1))."; \
+	  echo "Install it (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.11; or pyenv) and re-run."; \
+	  exit 1; fi
+	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON311)"; $(PYTHON311) -m venv $(VENV); }
+	@echo "Installing the pinned stack (a few minutes the first time) ..."
+	$(PY) -m pip install --quiet --progress-bar off -r requirements.txt
+	$(PY) -m pip install --quiet --progress-bar off --no-deps -e .
+	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 >/dev/null
+	@touch $(STAMP)
+	@echo "Setup done: $(VENV) with kernel '$(KERNEL_DISPLAY)'."
+
+data: setup
+	$(PY) -m helpers.data
+
+lab: data
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+course: data
+	$(PY) -m helpers.course
+
+test: data
+	$(PY) -m pytest
+
+student: setup
+	$(PY) -m helpers.student
+
+clean:
+	rm -rf build artifacts
+
+distclean: clean
+	rm -rf $(VENV) data/mnist.npz

@@ -1,0 +1,18 @@
+"""Shared test setup. Notebooks executed by the tests write their artifacts under build/test-artifacts,
+so smoke-mode models and metrics never mix with the full-mode ones `make course` produces."""
+
+import os
+
+from helpers import paths
+
+os.environ.setdefault("COURSE_ARTIFACTS", str(paths.ROOT / "build" / "test-artifacts"))
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def real_mnist():
+    """The verified MNIST (fetched by `make data` before the tests run; fetched here otherwise)."""
+    from helpers.data import load_mnist
+
+    return load_mnist()
