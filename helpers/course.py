@@ -1,0 +1,112 @@
+"""`make course`: execute every chapter in full mode and publish build/course/index.html.
+
+A chapter whose executed copy is newer than its notebook, `helpers/` and requirements.txt is skipped,
+so re-running only redoes what changed (`--force` redoes everything).
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import sys
+import time
+from pathlib import Path
+
+import nbformat
+
+from helpers import paths, runner
+
+
+def course_dir() -> Path:
+    return paths.build() / "course"
+
+
+def chapter_info(notebook: Path) -> dict:
+    """Title and course-map fields, from the notebook's first heading and its `course` metadata."""
+    nb = nbformat.read(notebook, as_version=4)
+    title = next(
+        (line.lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("# ")),
+        notebook.stem,
+    )
+    meta = nb.metadata.get("course", {})
+    return {"notebook": notebook.name, "title": title, "source": meta.get("source", ""), "learn": meta.get("learn", "")}
+
+
+def newest_input_mtime(notebook: Path) -> float:
+    inputs = [notebook, paths.REQUIREMENTS, *(paths.ROOT / "helpers").rglob("*.py")]
+    return max(p.stat().st_mtime for p in inputs)
+
+
+def load_runs(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def render_html(executed: Path) -> Path:
+    from nbconvert import HTMLExporter
+
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
+    target = executed.with_suffix(".html")
+    target.write_text(body, encoding="utf-8")
+    return target
+
+
+def index_html(rows: list[dict]) -> str:
+    def row(r: dict) -> str:
+        status = "ok" if r.get("error") is None else f"FAILED: {html.escape(r['error'])}"
+        minutes = f"{r['seconds'] / 60:.1f} min" if "seconds" in r else "-"
+        memory = f"{r['peak_rss_mb'] / 1024:.2f} GiB" if "peak_rss_mb" in r else "-"
+        return (
+            f"<tr><td><a href='{html.escape(Path(r['notebook']).with_suffix('.html').name)}'>{html.escape(r['title'])}</a></td>"
+            f"<td>{html.escape(r['learn'])}</td><td>{html.escape(r['source'])}</td>"
+            f"<td>{minutes}</td><td>{memory}</td><td>{status}</td></tr>"
+        )
+
+    total = sum(r.get("seconds", 0) for r in rows) / 60
+    return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
+<title>Deploying deep-learning models: the executed course</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ccc;padding:.4rem .6rem;text-align:left;vertical-align:top}}
+th{{background:#f3f3f3}}</style></head><body>
+<h1>Deploying deep-learning models: the executed course</h1>
+<p>Every chapter below was executed in full mode by <code>make course</code>; its outputs are real results from this run.
+Runtime and peak memory were measured during the run ({total:.1f} min in all).</p>
+<table><tr><th>Chapter</th><th>What you learn</th><th>Source document</th><th>Runtime</th><th>Peak memory</th><th>Status</th></tr>
+{chr(10).join(row(r) for r in rows)}
+</table><p>Generated {time.strftime('%Y-%m-%d %H:%M %Z')}.</p></body></html>
+"""
+
+
+def build_course(force: bool = False) -> bool:
+    out = course_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    runs_path = out / "runs.json"
+    runs = load_runs(runs_path)
+    rows = []
+    for notebook in paths.notebooks():
+        executed = out / notebook.name
+        previous = runs.get(notebook.stem)
+        fresh = executed.exists() and executed.stat().st_mtime > newest_input_mtime(notebook)
+        if not force and fresh and previous and previous.get("error") is None:
+            print(f"{notebook.name}: up to date ({previous['seconds']:.0f} s last time), skipped")
+        else:
+            print(f"{notebook.name}: executing in full mode ...")
+            result = runner.execute(notebook, executed, smoke=False)
+            render_html(executed)
+            runs[notebook.stem] = previous = {"seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb, "error": result.error}
+            runs_path.write_text(json.dumps(runs, indent=2))
+            print(f"  {result.seconds:.0f} s, peak {result.peak_rss_mb:.0f} MiB" + (f", FAILED at {result.error}" if result.error else ""))
+        rows.append({**chapter_info(notebook), **previous})
+    (out / "index.html").write_text(index_html(rows), encoding="utf-8")
+    print(f"Wrote {out / 'index.html'}")
+    return all(r.get("error") is None for r in rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--force", action="store_true", help="re-execute every chapter")
+    sys.exit(0 if build_course(force=parser.parse_args().force) else 1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Execute a notebook with papermill in the course kernel, measuring wall time and peak memory.
+
+Shared by `make test` (smoke mode) and `make course` (full mode), so both run notebooks the same way.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from helpers.progress import TEXT_MODE_VARIABLE
+
+KERNEL_NAME = "deploy-dl-course"
+KERNEL_DISPLAY_NAME = "Python 3.11 (deploy-dl course)"
+
+
+@dataclass
+class RunResult:
+    notebook: str
+    seconds: float
+    peak_rss_mb: float
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+class PeakMemory:
+    """Samples the resident memory of this process's children (the kernel) until stopped."""
+
+    def __init__(self, interval_s: float = 0.25):
+        self.interval_s = interval_s
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        me = psutil.Process()
+        while not self._stop.is_set():
+            total = 0
+            for child in me.children(recursive=True):
+                try:
+                    total += child.memory_info().rss
+                except psutil.Error:  # a child that just exited
+                    pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> "PeakMemory":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def require_kernel() -> None:
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
+        raise RuntimeError(f"Jupyter kernel '{KERNEL_NAME}' is not registered. Run `make setup` first.")
+
+
+def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900, progress: bool = True) -> RunResult:
+    """Run `notebook` with SMOKE=`smoke`, write the executed copy to `output`; never raises on a cell error."""
+    import papermill
+
+    require_kernel()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    os.environ[TEXT_MODE_VARIABLE] = "1"  # the kernel inherits it: text progress bars in executed copies
+    start = time.perf_counter()
+    error = None
+    with PeakMemory() as memory:
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(output),
+                parameters={"SMOKE": smoke},
+                kernel_name=KERNEL_NAME,
+                cwd=str(notebook.parent),
+                execution_timeout=cell_timeout_s,
+                progress_bar=progress,
+            )
+        except papermill.PapermillExecutionError as exc:
+            error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+    return RunResult(notebook.stem, time.perf_counter() - start, memory.peak_bytes / 2**20, error)

@@ -1,0 +1,75 @@
+"""Every notebook in notebooks/, found on disk: committed clean, executed in smoke mode, and its metrics checked.
+
+A new notebook is picked up without editing this file; it only needs an entry in notebook_expectations.py.
+"""
+
+import json
+import time
+
+import nbformat
+import pytest
+
+from helpers import paths, report, runner
+from notebook_expectations import EXPECTATIONS, OPS, SMOKE_BUDGET_S, TIME_LIMIT_FACTOR
+
+NOTEBOOKS = paths.notebooks()
+EXECUTED_DIR = paths.build() / "test-notebooks"
+
+
+def by_stem(notebooks):
+    return pytest.mark.parametrize("notebook", notebooks, ids=lambda p: p.stem)
+
+
+def tagged(nb, tag):
+    return [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+
+
+def test_the_course_has_notebooks():
+    assert NOTEBOOKS, f"no notebooks found in {paths.NOTEBOOKS}"
+
+
+@by_stem(NOTEBOOKS)
+def test_committed_notebook_is_stripped_and_follows_the_conventions(notebook):
+    nb = nbformat.read(notebook, as_version=4)
+    dirty = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and (c.outputs or c.execution_count)]
+    assert not dirty, f"cells {dirty} carry outputs or execution counts: strip them before committing"
+    parameters = tagged(nb, "parameters")
+    assert len(parameters) == 1 and "SMOKE = False" in parameters[0].source, "needs one `parameters` cell with SMOKE = False"
+    assert tagged(nb, "solution"), "needs at least one exercise solution cell tagged `solution`"
+    assert nb.metadata.get("kernelspec", {}).get("name") == runner.KERNEL_NAME
+    assert {"source", "learn"} <= set(nb.metadata.get("course", {})), "needs course metadata (source section, what you learn)"
+    assert notebook.stem in EXPECTATIONS, f"add the metrics {notebook.stem} must record to tests/notebook_expectations.py"
+
+
+@by_stem(NOTEBOOKS)
+@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)
+def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
+    started = time.time()
+    executed = EXECUTED_DIR / notebook.name
+    result = runner.execute(notebook, executed, smoke=True, progress=False)
+    record_runtime(result)
+    assert result.ok, f"{notebook.name} failed at {result.error}; the executed copy is {executed}"
+
+    nb = nbformat.read(executed, as_version=4)
+    skipped = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip() and c.execution_count is None]
+    assert not skipped, f"code cells {skipped} did not run"
+
+    recorded = report.load(notebook.stem)
+    assert recorded["started_at"] >= started, "the metrics file is left over from an earlier run: the notebook recorded nothing"
+    assert recorded["smoke"] is True
+    failures = []
+    for name, (op, bound) in EXPECTATIONS[notebook.stem].items():
+        value = recorded["metrics"].get(name)
+        if value is None:
+            failures.append(f"{name}: not recorded")
+        elif not OPS[op](value, bound):
+            failures.append(f"{name} = {value!r}, expected {op} {bound}")
+    assert not failures, "; ".join(failures)
+
+
+def record_runtime(result: runner.RunResult) -> None:
+    """Keep smoke-mode runtimes and memory for the README and for spotting a notebook that grows slow."""
+    path = EXECUTED_DIR / "runs.json"
+    runs = json.loads(path.read_text()) if path.exists() else {}
+    runs[result.notebook] = {"seconds": round(result.seconds, 1), "peak_rss_mb": round(result.peak_rss_mb), "error": result.error}
+    path.write_text(json.dumps(runs, indent=2))

@@ -1,0 +1,37 @@
+import json
+
+import numpy as np
+import pytest
+
+from helpers import report
+
+
+@pytest.fixture(autouse=True)
+def artifacts_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path))
+
+
+def test_recorded_figures_are_written_and_read_back(tmp_path):
+    r = report.start("99_example", smoke=True)
+    r.record(accuracy=np.float32(0.5), errors=np.array([1e-9, 2e-9]), framework="torch")
+    loaded = report.load("99_example")
+    assert loaded["smoke"] is True and loaded["notebook"] == "99_example"
+    assert loaded["metrics"] == {"accuracy": 0.5, "errors": [1e-9, 2e-9], "framework": "torch"}
+    assert json.loads((tmp_path / "metrics" / "99_example.json").read_text()) == loaded
+
+
+def test_starting_again_drops_the_previous_run():
+    report.start("99_example", smoke=False).record(old=1)
+    report.start("99_example", smoke=False).record(new=2)
+    assert report.load("99_example")["metrics"] == {"new": 2}
+
+
+@pytest.mark.parametrize("bad", [float("nan"), np.float64("inf")])
+def test_non_finite_values_are_refused(bad):
+    with pytest.raises(ValueError, match="non-finite"):
+        report.start("99_example", smoke=True).record(loss=bad)
+
+
+def test_loading_a_notebook_that_recorded_nothing_says_so():
+    with pytest.raises(FileNotFoundError, match="recorded no metrics"):
+        report.load("98_never_ran")
