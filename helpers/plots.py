@@ -1,0 +1,52 @@
+"""Figures the chapters share, so every notebook draws them the same way."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def show_digits(images: np.ndarray, labels, title: str | None = None, ncols: int = 10):
+    """A grid of 28x28 digits with their labels."""
+    nrows = int(np.ceil(len(images) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * 0.9, nrows * 1.1))
+    for ax, image, label in zip(np.ravel(axes), images, labels):
+        ax.imshow(image, cmap="gray_r")
+        ax.set_title(str(label), fontsize=9)
+    for ax in np.ravel(axes):
+        ax.axis("off")
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def confusion_matrix(matrix: np.ndarray, labels=None, title: str = "Confusion matrix", ax=None):
+    """Heat map of counts, rows = true class, columns = predicted class, each cell annotated."""
+    ax = ax or plt.subplots(figsize=(4 + 0.3 * len(matrix), 3.5 + 0.3 * len(matrix)))[1]
+    ax.imshow(matrix, cmap="Blues")
+    labels = labels if labels is not None else range(len(matrix))
+    ax.set_xticks(range(len(matrix)), labels)
+    ax.set_yticks(range(len(matrix)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for (i, j), count in np.ndenumerate(matrix):
+        ax.text(j, i, str(count), ha="center", va="center", color="white" if count > matrix.max() / 2 else "black")
+    ax.set_title(title)
+    return ax
+
+
+def loss_contours(f, paths: dict[str, np.ndarray], lim: float = 3.0, ax=None, title: str = ""):
+    """Contours of a 2-parameter loss `f` (taking a (2, H, W) grid) with optimiser paths drawn on top."""
+    ax = ax or plt.subplots(figsize=(6, 5.5))[1]
+    grid = np.mgrid[-lim:lim:200j, -lim:lim:200j]
+    ax.contour(grid[0], grid[1], f(grid), levels=np.geomspace(0.05, f(grid).max(), 12), cmap="viridis", alpha=0.5, linewidths=0.8)
+    for name, path in paths.items():
+        ax.plot(path[:, 0], path[:, 1], ".-", markersize=3, linewidth=1.2, label=f"{name} ({len(path) - 1} steps)")
+    ax.plot(0, 0, "k*", markersize=12, label="minimum")
+    ax.set_xlabel("$w_1$")
+    ax.set_ylabel("$w_2$")
+    ax.set_aspect("equal")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title)
+    return ax
