@@ -3,6 +3,8 @@
 #   make test     set up, fetch MNIST, run the unit tests + every notebook in smoke mode
 #   make lab      set up, open JupyterLab on notebooks/ with the course kernel
 #   make student  write build/student/: the notebooks with solutions replaced by stubs
+#   make strip    clear outputs from notebooks/ before committing (the tests refuse committed outputs)
+#   make clean    delete build/ and artifacts/ (distclean: also .venv and data/mnist.npz)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -16,7 +18,7 @@ KERNEL_DISPLAY := Python 3.11 (deploy-dl course)
 PYTHON311 := $(shell command -v python3.11 2>/dev/null || \
 	(python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v python3))
 
-.PHONY: help setup data lab course test student clean distclean
+.PHONY: help setup data lab course test student strip clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -51,6 +53,9 @@ test: data
 
 student: setup
 	$(PY) -m helpers.student
+
+strip: setup
+	$(PY) -m helpers.nbclean notebooks/*.ipynb
 
 clean:
 	rm -rf build artifacts

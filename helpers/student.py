@@ -12,6 +12,7 @@ from pathlib import Path
 import nbformat
 
 from helpers import paths
+from helpers.nbclean import strip_notebook
 
 SOLUTION_TAG = "solution"
 CODE_STUB = "# Your solution here\n"
@@ -28,22 +29,11 @@ def stub_for(cell):
     return nbformat.v4.new_markdown_cell(MARKDOWN_STUB, metadata={"tags": ["exercise"]})
 
 
-def strip_outputs(cell) -> None:
-    if cell.cell_type == "code":
-        cell.outputs = []
-        cell.execution_count = None
-    cell.metadata.pop("execution", None)
-    cell.metadata.pop("papermill", None)
-
-
 def student_notebook(nb):
     """A copy of `nb` with solution cells stubbed and outputs stripped."""
     nb = nbformat.from_dict(nb)  # deep copy: the instructor notebook stays untouched
     nb.cells = [stub_for(cell) if is_solution(cell) else cell for cell in nb.cells]
-    for cell in nb.cells:
-        strip_outputs(cell)
-    nb.metadata.pop("papermill", None)
-    return nb
+    return strip_notebook(nb)
 
 
 def build_student(source_dir: Path = paths.NOTEBOOKS, out_dir: Path | None = None) -> list[Path]:

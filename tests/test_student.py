@@ -48,3 +48,20 @@ def test_every_course_notebook_loses_all_its_solutions(notebook):
     assert sum(c.source in (student.CODE_STUB, student.MARKDOWN_STUB) for c in out.cells) == solutions
     kept = {c.source for c in out.cells}
     assert not any(c.source in kept for c in nb.cells if student.is_solution(c))
+
+
+def test_strip_file_removes_outputs_and_run_metadata_and_keeps_the_rest(tmp_path):
+    from helpers import nbclean
+
+    nb = instructor_notebook()
+    nb.cells[1].metadata["papermill"] = {"duration": 1.0}
+    nb.metadata["papermill"] = {"parameters": {}}
+    path = tmp_path / "nb.ipynb"
+    nbformat.write(nb, path)
+    assert nbclean.strip_file(path) is True
+    stripped = nbformat.read(path, as_version=4)
+    assert all(c.outputs == [] and c.execution_count is None for c in stripped.cells if c.cell_type == "code")
+    assert "papermill" not in stripped.metadata and "papermill" not in stripped.cells[1].metadata
+    assert [c.source for c in stripped.cells] == [c.source for c in nb.cells]
+    assert stripped.cells[2].metadata["tags"] == ["solution"]
+    assert nbclean.strip_file(path) is False  # already clean: left untouched
