@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import html
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -42,19 +43,34 @@ def load_runs(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def install_mathjax(out: Path) -> str:
+    """Copy MathJax (from the jupyter-server-mathjax wheel) beside the pages, so formulas render offline."""
+    import jupyter_server_mathjax
+
+    target = out / "mathjax"
+    if not (target / "MathJax.js").exists():
+        shutil.copytree(Path(jupyter_server_mathjax.__file__).parent / "static", target, dirs_exist_ok=True)
+    return "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
+
+
 def render_html(executed: Path) -> Path:
     from nbconvert import HTMLExporter
 
-    body, _ = HTMLExporter(template_name="lab").from_notebook_node(nbformat.read(executed, as_version=4))
+    exporter = HTMLExporter(template_name="lab", mathjax_url=install_mathjax(executed.parent))
+    body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     target = executed.with_suffix(".html")
     target.write_text(body, encoding="utf-8")
     return target
 
 
+def format_duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"
+
+
 def index_html(rows: list[dict]) -> str:
     def row(r: dict) -> str:
         status = "ok" if r.get("error") is None else f"FAILED: {html.escape(r['error'])}"
-        minutes = f"{r['seconds'] / 60:.1f} min" if "seconds" in r else "-"
+        minutes = format_duration(r["seconds"]) if "seconds" in r else "-"
         memory = f"{r['peak_rss_mb'] / 1024:.2f} GiB" if "peak_rss_mb" in r else "-"
         return (
             f"<tr><td><a href='{html.escape(Path(r['notebook']).with_suffix('.html').name)}'>{html.escape(r['title'])}</a></td>"
@@ -62,7 +78,7 @@ def index_html(rows: list[dict]) -> str:
             f"<td>{minutes}</td><td>{memory}</td><td>{status}</td></tr>"
         )
 
-    total = sum(r.get("seconds", 0) for r in rows) / 60
+    total = sum(r.get("seconds", 0) for r in rows)
     return f"""<!doctype html><html lang="en"><head><meta charset="utf-8">
 <title>Deploying deep-learning models: the executed course</title>
 <style>body{{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}}
@@ -70,7 +86,7 @@ table{{border-collapse:collapse;width:100%}}td,th{{border:1px solid #ccc;padding
 th{{background:#f3f3f3}}</style></head><body>
 <h1>Deploying deep-learning models: the executed course</h1>
 <p>Every chapter below was executed in full mode by <code>make course</code>; its outputs are real results from this run.
-Runtime and peak memory were measured during the run ({total:.1f} min in all).</p>
+Runtime and peak memory were measured during the run ({format_duration(total)} in all).</p>
 <table><tr><th>Chapter</th><th>What you learn</th><th>Source document</th><th>Runtime</th><th>Peak memory</th><th>Status</th></tr>
 {chr(10).join(row(r) for r in rows)}
 </table><p>Generated {time.strftime('%Y-%m-%d %H:%M %Z')}.</p></body></html>
