@@ -43,7 +43,7 @@ data: setup
 	$(PY) -m helpers.data
 
 lab: data
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 course: data
 	$(PY) -m helpers.course
