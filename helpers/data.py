@@ -13,7 +13,6 @@ Run ``python -m helpers.data`` (or ``make data``) to fetch once.
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
 import pickle
@@ -28,6 +27,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from helpers import paths
+from helpers.integrity import sha256_bytes, sha256_file
 
 KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
 KERAS_TIMEOUT_S = 10
@@ -65,18 +65,6 @@ class Mnist(NamedTuple):
 
 
 # --------------------------------------------------------------------------- verification
-
-
-def sha256_bytes(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def verify(mnist: Mnist) -> None:
