@@ -24,3 +24,11 @@ def precision_recall_f1(matrix: np.ndarray) -> dict[str, np.ndarray]:
     denom = precision + recall
     f1 = np.divide(2 * precision * recall, denom, out=np.zeros_like(tp), where=denom > 0)
     return {"precision": precision, "recall": recall, "f1": f1, "support": actual}
+
+
+def most_confident_mistakes(probabilities: np.ndarray, y_true, k: int = 12) -> np.ndarray:
+    """Indices of the `k` wrong predictions made with the highest confidence, most confident first."""
+    predicted = probabilities.argmax(axis=1)
+    wrong = np.flatnonzero(predicted != np.asarray(y_true))
+    confidence = probabilities[wrong, predicted[wrong]]
+    return wrong[np.argsort(-confidence)][:k]

@@ -13,9 +13,14 @@ import sys
 TEXT_MODE_VARIABLE = "COURSE_TEXT_PROGRESS"
 
 
+def is_text_mode() -> bool:
+    """True when a notebook is being executed non-interactively (papermill), so progress should be plain text."""
+    return bool(os.environ.get(TEXT_MODE_VARIABLE))
+
+
 def progress(iterable=None, **kwargs):
     """`tqdm(iterable, **kwargs)`, widget or text as described above."""
-    if os.environ.get(TEXT_MODE_VARIABLE):
+    if is_text_mode():
         from tqdm.std import tqdm
 
         kwargs.setdefault("mininterval", 1.0)

@@ -1,0 +1,49 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from helpers import model_store, models
+from helpers.integrity import IntegrityError
+
+
+@pytest.fixture(autouse=True)
+def artifacts_in_tmp(tmp_path, monkeypatch):
+    monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path))
+
+
+CARD = {"name": "source_cnn", "test_accuracy": 0.5}
+
+
+def test_a_torch_model_round_trips_with_its_card():
+    model = models.torch_model("source_cnn").eval()
+    path = model_store.save(model, "torch", "source_cnn", CARD)
+    loaded, card = model_store.load("torch", "source_cnn")
+    x = torch.rand(4, 1, 28, 28)
+    assert torch.equal(model(x), loaded(x))
+    assert card["file"] == path.name and len(card["file_sha256"]) == 64 and card["test_accuracy"] == 0.5
+
+
+def test_a_keras_model_round_trips():
+    model = models.keras_model("source_cnn")
+    model_store.save(model, "keras", "source_cnn", CARD)
+    loaded, _ = model_store.load("keras", "source_cnn")
+    x = np.random.default_rng(0).random((2, 28, 28, 1), dtype=np.float32)
+    assert np.allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
+
+
+def test_a_changed_model_file_is_refused_with_both_hashes():
+    path = model_store.save(models.torch_model("source_cnn"), "torch", "source_cnn", CARD)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    path.write_bytes(bytes(data))
+    recorded = json.loads(model_store.card_path("torch", "source_cnn").read_text())["file_sha256"]
+    with pytest.raises(IntegrityError) as info:
+        model_store.load("torch", "source_cnn")
+    assert str(path) in str(info.value) and recorded in str(info.value)
+
+
+def test_an_unknown_framework_is_refused():
+    with pytest.raises(ValueError, match="unknown framework"):
+        model_store.model_path("jax", "source_cnn")
