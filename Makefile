@@ -25,12 +25,15 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml
+$(STAMP): requirements.txt pyproject.toml Makefile
 	@if [ -z "$(PYTHON311)" ]; then \
 	  echo "ERROR: Python 3.11 is required (found: $$(python3 --version 2>&1))."; \
 	  echo "Install it (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.11; or pyenv) and re-run."; \
 	  exit 1; fi
-	@test -x $(PY) || { echo "Creating $(VENV) with $(PYTHON311)"; $(PYTHON311) -m venv $(VENV); }
+	@# a .venv left half-made (no venv module) or made by another Python is rebuilt, not reused
+	@$(PY) -c 'import pip, sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
+	  echo "Creating $(VENV) with $(PYTHON311)"; rm -rf $(VENV); $(PYTHON311) -m venv $(VENV) || { \
+	  echo "ERROR: could not create a venv. Debian/Ubuntu: apt-get install python3.11-venv"; exit 1; }; }
 	@echo "Installing the pinned stack (a few minutes the first time) ..."
 	$(PY) -m pip install --quiet --progress-bar off -r requirements.txt
 	$(PY) -m pip install --quiet --progress-bar off --no-deps -e .

@@ -193,8 +193,9 @@ def ensure_mnist(path: Path = paths.MNIST_NPZ, sources: list[Source] | None = No
             read_cache(path)
             return path
         except MnistError as exc:
-            log(f"Cached MNIST rejected, fetching it again: {exc}")
-            path.unlink()
+            rejected = path.with_suffix(".rejected")
+            path.replace(rejected)  # kept, not deleted: it may be a file placed by hand that a fetch cannot replace
+            log(f"Cached MNIST rejected (moved to {rejected.name}), fetching it again: {exc}")
     failures = []
     for name, fetch in sources if sources is not None else SOURCES:
         log(f"Fetching MNIST from {name} ...")
@@ -212,6 +213,11 @@ def ensure_mnist(path: Path = paths.MNIST_NPZ, sources: list[Source] | None = No
 
 def load_mnist(path: Path = paths.MNIST_NPZ) -> Mnist:
     """The verified MNIST as uint8 arrays in Keras layout, fetched on first use."""
+    if path.exists():
+        try:
+            return read_cache(path)
+        except MnistError:
+            pass  # ensure_mnist says why, sets it aside and fetches again
     return read_cache(ensure_mnist(path))
 
 

@@ -22,6 +22,8 @@ def numerical_gradient(
     `f` reads `x` (closed over), so each coordinate is nudged, evaluated and restored.
     `indices` (flat) limits the check to some coordinates; the others are left at 0.
     """
+    if not (x.flags.c_contiguous and np.issubdtype(x.dtype, np.floating)):
+        raise ValueError("x must be a C-contiguous float array: nudging a copy would leave f unchanged and every gradient 0")
     grad = np.zeros_like(x, dtype=np.float64)
     flat_x, flat_g = x.reshape(-1), grad.reshape(-1)
     todo = range(flat_x.size) if indices is None else indices

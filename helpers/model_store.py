@@ -26,6 +26,7 @@ VERSIONED_PACKAGES = {"keras": ("numpy", "tensorflow-cpu", "keras"), "torch": ("
 
 
 def model_path(framework: str, name: str) -> Path:
+    models.check_name(name)
     if framework not in FRAMEWORKS:
         raise ValueError(f"unknown framework {framework!r}; choose one of {FRAMEWORKS}")
     return paths.artifacts() / "models" / framework / f"{name}{SUFFIX[framework]}"
@@ -121,7 +122,11 @@ def train_and_save(framework: str, name: str, smoke: bool = False, mnist: data.M
 
 def ensure_model(framework: str, name: str, smoke: bool = False):
     """(model, card): the saved model if there is one, else trained now by chapter 02's recipe and saved."""
-    if not card_path(framework, name).exists() or not model_path(framework, name).exists():
+    card = card_path(framework, name)
+    if not card.exists() or not model_path(framework, name).exists():
         print(f"No saved {framework} {name}: training it with chapter 02's recipe ...")
+        train_and_save(framework, name, smoke=smoke)
+    elif json.loads(card.read_text()).get("smoke") != smoke:  # never serve a smoke-trained model as the real one
+        print(f"The saved {framework} {name} was trained with smoke={not smoke}: training it again with smoke={smoke} ...")
         train_and_save(framework, name, smoke=smoke)
     return load(framework, name)

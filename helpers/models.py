@@ -57,10 +57,10 @@ def torch_model(name: str, source_softmax: bool = False):
 
 
 def count_parameters(model) -> int:
-    """Trainable parameters of a Keras or PyTorch model."""
+    """All parameters (weights and biases) of a Keras or PyTorch model."""
     if hasattr(model, "count_params"):
         return int(model.count_params())
-    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return sum(p.numel() for p in model.parameters())
 
 
 def keras_weight_shapes(model) -> list[tuple[int, ...]]:

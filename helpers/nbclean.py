@@ -21,7 +21,8 @@ def strip_cell(cell) -> None:
 def strip_notebook(nb):
     for cell in nb.cells:
         strip_cell(cell)
-    nb.metadata.pop("papermill", None)
+    for key in ("papermill", "widgets"):  # run records and saved widget state (progress bars)
+        nb.metadata.pop(key, None)
     return nb
 
 

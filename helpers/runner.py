@@ -15,8 +15,7 @@ import psutil
 
 from helpers.progress import TEXT_MODE_VARIABLE
 
-KERNEL_NAME = "deploy-dl-course"
-KERNEL_DISPLAY_NAME = "Python 3.11 (deploy-dl course)"
+KERNEL_NAME = "deploy-dl-course"  # registered by `make setup` (Makefile: KERNEL)
 
 
 @dataclass
@@ -74,6 +73,7 @@ def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900
 
     require_kernel()
     output.parent.mkdir(parents=True, exist_ok=True)
+    previous_mode = os.environ.get(TEXT_MODE_VARIABLE)
     os.environ[TEXT_MODE_VARIABLE] = "1"  # the kernel inherits it: text progress bars in executed copies
     start = time.perf_counter()
     error = None
@@ -90,4 +90,11 @@ def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900
             )
         except papermill.PapermillExecutionError as exc:
             error = f"cell {exc.exec_count}: {exc.ename}: {exc.evalue}"
+        except Exception as exc:  # a cell timeout, a dead kernel (out of memory): reported, never fatal to the caller
+            error = f"{type(exc).__name__}: {exc}"
+        finally:
+            if previous_mode is None:
+                os.environ.pop(TEXT_MODE_VARIABLE, None)
+            else:
+                os.environ[TEXT_MODE_VARIABLE] = previous_mode
     return RunResult(notebook.stem, time.perf_counter() - start, memory.peak_bytes / 2**20, error)

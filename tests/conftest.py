@@ -16,3 +16,10 @@ def real_mnist():
     from helpers.data import load_mnist
 
     return load_mnist()
+
+
+@pytest.fixture
+def artifacts_in_tmp(tmp_path, monkeypatch):
+    """Point helpers' artifacts root at a temporary folder for one test."""
+    monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path))
+    return tmp_path

@@ -29,6 +29,7 @@ def test_a_truncated_cache_is_detected_and_fetched_again(tmp_path, real_mnist):
     data.ensure_mnist(cache, sources=[("fake source", lambda: real_mnist)], log=messages.append)
     assert any("rejected" in m and "not a readable MNIST npz" in m for m in messages)
     data.read_cache(cache)  # now verifies
+    assert cache.with_suffix(".rejected").stat().st_size == 5000  # the bad file is kept aside, not destroyed
 
 
 def test_a_tampered_pixel_is_caught_by_its_hash(tmp_path, real_mnist):
@@ -87,21 +88,28 @@ def test_the_mirror_layout_converts_to_exact_bytes_in_the_original_order(tmp_pat
     assert mnist.y_train.tolist() == [3, 1, 4] and mnist.y_train.dtype == np.uint8
 
 
-class RunsAShellCommand:
-    def __init__(self, marker):
-        self.marker = marker
+class CallsOsOnLoad:
+    """A pickle that calls an os function when loaded: os.system in a real attack, a harmless os.mkdir here."""
+
+    def __init__(self, function, marker):
+        self.function, self.marker = function, marker
 
     def __reduce__(self):
-        return (os.system, (f"touch {self.marker}",))
+        return (self.function, (str(self.marker),))
 
 
-def test_the_restricted_unpickler_refuses_anything_but_numpy_arrays(tmp_path):
-    marker = tmp_path / "pwned"
-    payload = pickle.dumps(RunsAShellCommand(marker), protocol=2)
+def test_the_restricted_unpickler_refuses_os_system():
     with pytest.raises(pickle.UnpicklingError, match="refusing to load .*system"):
+        data.numpy_only_loads(pickle.dumps(CallsOsOnLoad(os.system, "true"), protocol=2))
+
+
+def test_the_restricted_unpickler_runs_nothing_that_the_ordinary_one_would(tmp_path):
+    marker = tmp_path / "created-while-unpickling"
+    payload = pickle.dumps(CallsOsOnLoad(os.mkdir, marker), protocol=2)
+    with pytest.raises(pickle.UnpicklingError, match="refusing to load .*mkdir"):
         data.numpy_only_loads(payload)
     assert not marker.exists()
-    pickle.loads(payload)  # the same bytes with the ordinary unpickler do run the command
+    pickle.loads(payload)  # the same bytes through the ordinary unpickler do call the function
     assert marker.exists()
 
 

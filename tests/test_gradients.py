@@ -40,3 +40,9 @@ def test_a_wrong_gradient_is_caught():
     _, grads = mlp.loss_and_grads(params, X, y)
     numeric = gradcheck.numerical_gradient(lambda: mlp.loss(params, X, y), params["W1"])
     assert gradcheck.relative_error(grads["W1"] * 1.001, numeric) > 1e-4
+
+
+def test_a_non_contiguous_array_is_refused_rather_than_silently_checked_as_zero():
+    x = np.arange(12.0).reshape(3, 4).T  # a transposed view: reshape(-1) would copy it
+    with pytest.raises(ValueError, match="C-contiguous float"):
+        gradcheck.numerical_gradient(lambda: float(np.sum(x**2)), x)

@@ -8,9 +8,7 @@ from helpers import model_store, models
 from helpers.integrity import IntegrityError
 
 
-@pytest.fixture(autouse=True)
-def artifacts_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("artifacts_in_tmp")
 
 
 CARD = {"name": "source_cnn", "test_accuracy": 0.5}
@@ -47,3 +45,19 @@ def test_a_changed_model_file_is_refused_with_both_hashes():
 def test_an_unknown_framework_is_refused():
     with pytest.raises(ValueError, match="unknown framework"):
         model_store.model_path("jax", "source_cnn")
+
+
+def test_a_smoke_trained_model_is_never_returned_as_the_full_one(monkeypatch):
+    model_store.save(models.torch_model("source_cnn"), "torch", "source_cnn", {**CARD, "smoke": True})
+    retrained = []
+    monkeypatch.setattr(model_store, "train_and_save", lambda framework, name, smoke: retrained.append(smoke) or
+                        model_store.save(models.torch_model(name), framework, name, {**CARD, "smoke": smoke}))
+    _, card = model_store.ensure_model("torch", "source_cnn", smoke=False)
+    assert retrained == [False] and card["smoke"] is False
+    model_store.ensure_model("torch", "source_cnn", smoke=False)
+    assert retrained == [False]  # the full model is now reused
+
+
+def test_a_name_outside_the_known_architectures_is_refused():
+    with pytest.raises(ValueError, match="unknown architecture"):
+        model_store.model_path("torch", "../../etc/passwd")

@@ -6,9 +6,7 @@ import pytest
 from helpers import report
 
 
-@pytest.fixture(autouse=True)
-def artifacts_in_tmp(tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_ARTIFACTS", str(tmp_path))
+pytestmark = pytest.mark.usefixtures("artifacts_in_tmp")
 
 
 def test_recorded_figures_are_written_and_read_back(tmp_path):
