@@ -156,7 +156,7 @@ def train_keras(model, x, y, x_val, y_val, recipe: Recipe, run_dir: Path, from_l
         # carry on). Not a keras.utils.PyDataset: its worker thread kept a CPU core busy after training and slowed
         # PyTorch in the same kernel by 1.5-2.5x (measured).
         rng = np.random.default_rng(recipe.seed)
-        for epoch in progress(range(recipe.epochs), desc="epochs"):
+        for epoch in progress(range(recipe.epochs), desc="epochs", disable=is_text_mode()):
             model.fit(random_shift(x, recipe.max_shift, rng), y, validation_data=(x_val, y_val), initial_epoch=epoch,
                       epochs=epoch + 1, batch_size=recipe.batch_size, callbacks=callbacks, verbose=0)
             print_epoch(timer.rows[-1], recipe.epochs)
@@ -232,7 +232,9 @@ def train_torch(model, x, y, x_val, y_val, recipe: Recipe, run_dir: Path) -> His
             model.train()
             order = torch.randperm(len(x_t), generator=generator)
             losses, correct = [], 0
-            batches = progress(range(0, len(x_t), recipe.batch_size), desc=f"epoch {epoch}/{recipe.epochs}", leave=False)
+            # the bar is for live use; executed copies get the one-line summary per epoch below
+            batches = progress(range(0, len(x_t), recipe.batch_size), desc=f"epoch {epoch}/{recipe.epochs}", leave=False,
+                               disable=is_text_mode())
             for i in batches:
                 idx = order[i : i + recipe.batch_size]
                 optimizer.zero_grad()
