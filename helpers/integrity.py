@@ -30,3 +30,44 @@ def verify_file(path: Path, expected_sha256: str) -> None:
             f"refusing to load {path}: its sha256 is {actual} but {expected_sha256} was recorded when it was saved. "
             "The file is corrupt or was changed; delete it to rebuild it."
         )
+
+
+# --------------------------------------------------------------------------- manifests for exported artifacts
+
+MANIFEST = "manifest.json"
+
+
+def write_manifest(directory: Path, **fields) -> Path:
+    """manifest.json in `directory`: every file's size and sha256 (walking subfolders), plus `fields` (format, io, card...)."""
+    import json
+
+    directory = Path(directory)
+    files = {
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    path = directory / MANIFEST
+    path.write_text(json.dumps({**fields, "files": files}, indent=2, default=str))
+    return path
+
+
+def verify_manifest(directory: Path) -> dict:
+    """The manifest of `directory`, after checking every file it lists; IntegrityError names the first that differs."""
+    import json
+
+    directory = Path(directory)
+    manifest_path = directory / MANIFEST
+    if not manifest_path.exists():
+        raise IntegrityError(f"refusing to load {directory}: it has no {MANIFEST}, so its files cannot be checked")
+    manifest = json.loads(manifest_path.read_text())
+    for name, expected in manifest["files"].items():
+        path = directory / name
+        if not path.exists():
+            raise IntegrityError(f"refusing to load {directory}: {name} is listed in {MANIFEST} but missing")
+        verify_file(path, expected["sha256"])
+    return manifest
+
+
+def total_bytes(manifest: dict) -> int:
+    return sum(f["bytes"] for f in manifest["files"].values())

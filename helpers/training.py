@@ -87,7 +87,8 @@ def random_shift(images: np.ndarray, max_shift: int, rng: np.random.Generator) -
 def images_for(framework: str, images: np.ndarray) -> np.ndarray:
     """uint8 (N, 28, 28) -> float32 in [0, 1], NHWC for Keras, NCHW for PyTorch."""
     scaled = images.astype(np.float32) / 255.0
-    return scaled[..., None] if framework == "keras" else scaled[:, None]
+    # reshape, not [:, None]: a new axis gets stride 0 in NumPy, which torch.export and ExecuTorch refuse
+    return scaled.reshape(len(images), 28, 28, 1) if framework == "keras" else scaled.reshape(len(images), 1, 28, 28)
 
 
 @dataclass

@@ -1,0 +1,42 @@
+"""Latency and throughput, measured the same way for every runtime (chapters 03-06).
+
+Single-sample latency: warm-up calls first (lazy initialisation, caches), then many timed calls, reported as percentiles
+(p50 is the typical request, p99 the slow tail users notice). Throughput: whole batches for a fixed time. The thread
+count is fixed by whoever creates the runtime and stated in the result, because it changes every number.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import numpy as np
+
+
+def latency(predict: Callable, sample, warmup: int = 20, repeats: int = 200) -> dict:
+    """p50/p90/p99 wall time in milliseconds of `predict(sample)`."""
+    for _ in range(warmup):
+        predict(sample)
+    times = np.empty(repeats)
+    for i in range(repeats):
+        started = time.perf_counter()
+        predict(sample)
+        times[i] = time.perf_counter() - started
+    p50, p90, p99 = np.percentile(times * 1000, [50, 90, 99])
+    return {"p50_ms": float(p50), "p90_ms": float(p90), "p99_ms": float(p99), "repeats": repeats}
+
+
+def throughput(predict: Callable, batch, seconds: float = 2.0, warmup: int = 3) -> dict:
+    """Samples per second when `predict` is called on whole `batch`es back to back for about `seconds`."""
+    for _ in range(warmup):
+        predict(batch)
+    calls, started = 0, time.perf_counter()
+    while (elapsed := time.perf_counter() - started) < seconds or calls < 3:
+        predict(batch)
+        calls += 1
+    return {"samples_per_s": calls * len(batch) / elapsed, "batch_size": len(batch), "calls": calls}
+
+
+def measure(predict: Callable, single, batch, threads: int, warmup: int = 20, repeats: int = 200, seconds: float = 2.0) -> dict:
+    """Both measurements, with the thread count the runtime was created with."""
+    return {**latency(predict, single, warmup, repeats), **throughput(predict, batch, seconds), "threads": threads}

@@ -1,0 +1,237 @@
+"""Export the course's models to deployable formats, load them back safely, and check them against their source.
+
+Every export lands in `artifacts/exports/<format>/<model>/<version>/` (the TF Serving layout: a model name, then one
+folder per integer version) with a manifest.json listing each file's size and sha256, the inputs and outputs, the source
+model's card and the library versions. Every `load_*` checks the manifest first and refuses a changed file.
+
+Formats: "savedmodel" and "onnx" (from Keras, chapter 03); "torchscript" (.pt), "lite" (.ptl), "executorch" (.pte) and
+"onnx" (from PyTorch, chapter 04).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from helpers import env, paths
+from helpers.integrity import verify_manifest, write_manifest
+
+THREADS = 2  # every runtime created here uses this many threads; the benchmarks report it
+
+
+def export_dir(fmt: str, model: str, version: int) -> Path:
+    return paths.artifacts() / "exports" / fmt / model / str(version)
+
+
+def fresh_dir(fmt: str, model: str, version: int) -> Path:
+    """An empty export folder (a re-export replaces the old version completely)."""
+    directory = export_dir(fmt, model, version)
+    shutil.rmtree(directory, ignore_errors=True)
+    directory.mkdir(parents=True)
+    return directory
+
+
+def versions(*names: str) -> dict[str, str]:
+    return {name: env.installed_version(name) for name in names}
+
+
+# --------------------------------------------------------------------------- parity
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def parity(reference_logits: np.ndarray, logits: np.ndarray) -> dict:
+    """How far an export's outputs are from its source's, on the same images."""
+    reference_logits, logits = np.asarray(reference_logits, np.float64), np.asarray(logits, np.float64)
+    return {
+        "images": len(logits),
+        "argmax_agreement": float(np.mean(reference_logits.argmax(1) == logits.argmax(1))),
+        "max_abs_diff_logits": float(np.abs(reference_logits - logits).max()),
+        "max_abs_diff_probabilities": float(np.abs(softmax(reference_logits) - softmax(logits)).max()),
+    }
+
+
+def in_batches(predict, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
+    return np.concatenate([np.asarray(predict(x[i : i + batch_size])) for i in range(0, len(x), batch_size)])
+
+
+# --------------------------------------------------------------------------- Keras -> SavedModel -> ONNX (chapter 03)
+
+SERVE = "serve"  # float32 images (N, 28, 28, 1) in [0, 1] -> logits: what the model itself computes
+SERVING_DEFAULT = "serving_default"  # raw uint8 images (N, 28, 28) -> probabilities and classes: for clients
+
+
+def export_savedmodel(model, name: str, version: int, card: dict, batch_size: int | None = None) -> Path:
+    """A SavedModel with two signatures: `serve` (the model) and `serving_default` (preprocessing inside the graph)."""
+    import keras
+    import tensorflow as tf
+
+    directory = fresh_dir("savedmodel", name, version)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint(name=SERVE, fn=lambda images: model(images, training=False),
+                         input_signature=[tf.TensorSpec([batch_size, 28, 28, 1], tf.float32, name="images")])
+
+    @tf.function(input_signature=[tf.TensorSpec([batch_size, 28, 28], tf.uint8, name="images")])
+    def serving_default(images):
+        logits = model(tf.cast(images, tf.float32)[..., None] / 255.0, training=False)
+        return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1)}
+
+    archive.add_endpoint(name=SERVING_DEFAULT, fn=serving_default)
+    archive.write_out(str(directory), verbose=False)
+    write_manifest(directory, format="savedmodel", model=name, version=version, source_card=card,
+                   signatures={SERVE: {"inputs": {"images": ["N", 28, 28, 1, "float32"]}, "outputs": {"output_0": ["N", 10, "float32"]}},
+                               SERVING_DEFAULT: {"inputs": {"images": ["N", 28, 28, "uint8"]},
+                                                 "outputs": {"probabilities": ["N", 10, "float32"], "classes": ["N", "int64"]}}},
+                   versions=versions("tensorflow-cpu", "keras"))
+    return directory
+
+
+def load_savedmodel(directory: Path):
+    import tensorflow as tf
+
+    verify_manifest(directory)
+    return tf.saved_model.load(str(directory))
+
+
+def savedmodel_to_onnx(savedmodel: Path, name: str, version: int, opset: int = 17) -> Path:
+    """Convert the `serve` signature with tf2onnx (in a subprocess, as its command line does)."""
+    manifest = verify_manifest(savedmodel)
+    directory = fresh_dir("onnx", name, version)
+    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(savedmodel), "--signature_def", SERVE,
+           "--opset", str(opset), "--output", str(directory / "model.onnx")]
+    result = subprocess.run(cmd, capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"tf2onnx failed (exit {result.returncode}): {result.stderr[-2000:]}")
+    write_manifest(directory, format="onnx", model=name, version=version, converted_from=f"savedmodel/{name}/{version} ({SERVE})",
+                   source_card=manifest["source_card"], inputs={"images": ["N", 28, 28, 1, "float32"]},
+                   outputs={"output_0": ["N", 10, "float32"]}, versions=versions("tf2onnx", "onnx", "tensorflow-cpu"))
+    return directory
+
+
+def load_onnx(directory: Path, threads: int = THREADS):
+    """An ONNX Runtime session on the verified model.onnx, with a fixed thread count."""
+    import onnxruntime as ort
+
+    verify_manifest(directory)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    return ort.InferenceSession(str(Path(directory) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+
+
+def onnx_predictor(session):
+    name = session.get_inputs()[0].name
+    return lambda x: session.run(None, {name: x})[0]
+
+
+# --------------------------------------------------------------------------- PyTorch -> TorchScript / Lite / ExecuTorch / ONNX (chapter 04)
+
+
+def export_torchscript(scripted, name: str, version: int, card: dict) -> Path:
+    """A TorchScript module (from torch.jit.trace or script) as model.pt."""
+    directory = fresh_dir("torchscript", name, version)
+    scripted.save(str(directory / "model.pt"))
+    write_manifest(directory, format="torchscript", model=name, version=version, source_card=card,
+                   inputs={"x": ["N", 1, 28, 28, "float32"]}, outputs={"logits": ["N", 10, "float32"]}, versions=versions("torch"))
+    return directory
+
+
+def load_torchscript(directory: Path):
+    import torch
+
+    verify_manifest(directory)
+    return torch.jit.load(str(Path(directory) / "model.pt")).eval()
+
+
+def export_lite(scripted, name: str, version: int, card: dict) -> Path:
+    """The source document's Android artifact: a lite-interpreter model.ptl (deprecated, see chapter 04)."""
+    directory = fresh_dir("lite", name, version)
+    scripted._save_for_lite_interpreter(str(directory / "model.ptl"))
+    write_manifest(directory, format="lite", model=name, version=version, source_card=card,
+                   inputs={"x": ["N", 1, 28, 28, "float32"]}, outputs={"logits": ["N", 10, "float32"]}, versions=versions("torch"))
+    return directory
+
+
+def load_lite(directory: Path):
+    from torch.jit.mobile import _load_for_lite_interpreter
+
+    verify_manifest(directory)
+    return _load_for_lite_interpreter(str(Path(directory) / "model.ptl"))
+
+
+def export_executorch(model, name: str, version: int, card: dict) -> Path:
+    """torch.export -> ExecuTorch with the XNNPACK delegate -> model.pte, for batch-1 inference (a device's use case)."""
+    import torch
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    directory = fresh_dir("executorch", name, version)
+    example = (torch.zeros(1, 1, 28, 28),)
+    program = to_edge_transform_and_lower(torch.export.export(model.eval(), example), partitioner=[XnnpackPartitioner()])
+    (directory / "model.pte").write_bytes(program.to_executorch().buffer)
+    write_manifest(directory, format="executorch", model=name, version=version, source_card=card, delegate="XNNPACK",
+                   inputs={"x": [1, 1, 28, 28, "float32"]}, outputs={"logits": [1, 10, "float32"]}, versions=versions("torch", "executorch"))
+    return directory
+
+
+def load_executorch(directory: Path):
+    """The `forward` method of the verified model.pte, in the ExecuTorch runtime."""
+    from executorch.runtime import Runtime
+
+    verify_manifest(directory)
+    return Runtime.get().load_program(str(Path(directory) / "model.pte")).load_method("forward")
+
+
+def executorch_predictor(method):
+    """ExecuTorch programs here take one image at a time: loop over a batch."""
+    import torch
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        return np.concatenate([method.execute([torch.from_numpy(x[i : i + 1])])[0].numpy() for i in range(len(x))])
+
+    return predict
+
+
+def export_torch_onnx(model, name: str, version: int, card: dict, dynamic_batch: bool = True) -> Path:
+    """torch.onnx.export (the dynamo exporter), weights inline so model.onnx is self-contained."""
+    import torch
+
+    directory = fresh_dir("onnx", name, version)
+    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+    program = torch.onnx.export(model.eval(), (torch.zeros(2, 1, 28, 28),), dynamic_shapes=dynamic, dynamo=True,
+                                input_names=["images"], output_names=["logits"], verbose=False)
+    program.save(str(directory / "model.onnx"), external_data=False)
+    write_manifest(directory, format="onnx", model=name, version=version, source_card=card, exporter="torch.onnx (dynamo)",
+                   inputs={"images": ["N" if dynamic_batch else 2, 1, 28, 28, "float32"]},
+                   outputs={"logits": ["N" if dynamic_batch else 2, 10, "float32"]}, versions=versions("torch", "onnx", "onnxscript"))
+    return directory
+
+
+def timed(load, *args):
+    """(result, seconds) of `load(*args)`: load times go into the comparison tables."""
+    started = time.perf_counter()
+    result = load(*args)
+    return result, time.perf_counter() - started
+
+
+def predict_in_fresh_process(savedmodel: Path, images: np.ndarray) -> dict[str, np.ndarray]:
+    """`serving_default` outputs from a new Python process that imports only TensorFlow (helpers.savedmodel_predict)."""
+    import tempfile
+
+    verify_manifest(savedmodel)
+    with tempfile.TemporaryDirectory() as tmp:
+        np.save(Path(tmp) / "images.npy", images)
+        cmd = [sys.executable, "-m", "helpers.savedmodel_predict", str(savedmodel), f"{tmp}/images.npy", f"{tmp}/out.npz"]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        if result.returncode != 0:
+            raise RuntimeError(f"the fresh process failed (exit {result.returncode}): {result.stderr[-2000:]}")
+        with np.load(Path(tmp) / "out.npz") as out:
+            return {k: out[k] for k in out.files}
