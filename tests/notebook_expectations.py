@@ -49,4 +49,24 @@ EXPECTATIONS = {
         "max_framework_gap": ("<=", 0.05),
         "best_model_macro_f1": (">=", 0.88),
     },
+    "03_savedmodel_export": {
+        # every export agrees with the Keras model (smoke: 1,000 test images; full mode asserts the same on 10,000)
+        "fresh_process_argmax_agreement": ("==", 1.0),
+        "fresh_process_max_abs_diff": ("<=", 1e-5),
+        "onnx_argmax_agreement": ("==", 1.0),
+        "onnx_max_abs_diff_probabilities": ("<=", 1e-5),
+        "savedmodel_max_abs_diff_probabilities": ("<=", 1e-5),
+        "v2_onnx_argmax_agreement": ("==", 1.0),
+        # the serving signature keeps accuracy; a client that forgets /255 does not
+        "accuracy_serving_signature": (">=", 0.90),
+        "accuracy_without_scaling": ("<", 0.80),
+    },
+    "04_torchscript_mobile_export": {
+        "executorch_argmax_agreement": ("==", 1.0),
+        "executorch_max_abs_diff_probabilities": ("<=", 1e-5),
+        "onnx_argmax_agreement": ("==", 1.0),
+        "onnx_max_abs_diff_probabilities": ("<=", 1e-5),
+        "torchscript_max_abs_diff_probabilities": ("<=", 1e-5),
+        "lite_max_abs_diff_probabilities": ("<=", 1e-5),
+    },
 }
