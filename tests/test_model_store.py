@@ -31,14 +31,16 @@ def test_a_keras_model_round_trips():
     assert np.allclose(model.predict(x, verbose=0), loaded.predict(x, verbose=0))
 
 
-def test_a_changed_model_file_is_refused_with_both_hashes():
-    path = model_store.save(models.torch_model("source_cnn"), "torch", "source_cnn", CARD)
+@pytest.mark.parametrize("framework", model_store.FRAMEWORKS)
+def test_a_changed_model_file_is_refused_with_both_hashes(framework):
+    build = models.keras_model if framework == "keras" else models.torch_model
+    path = model_store.save(build("source_cnn"), framework, "source_cnn", CARD)
     data = bytearray(path.read_bytes())
     data[len(data) // 2] ^= 0x01  # one flipped bit
     path.write_bytes(bytes(data))
-    recorded = json.loads(model_store.card_path("torch", "source_cnn").read_text())["file_sha256"]
+    recorded = json.loads(model_store.card_path(framework, "source_cnn").read_text())["file_sha256"]
     with pytest.raises(IntegrityError) as info:
-        model_store.load("torch", "source_cnn")
+        model_store.load(framework, "source_cnn")
     assert str(path) in str(info.value) and recorded in str(info.value)
 
 
