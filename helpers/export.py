@@ -134,13 +134,15 @@ def onnx_predictor(session):
 
 # --------------------------------------------------------------------------- PyTorch -> TorchScript / Lite / ExecuTorch / ONNX (chapter 04)
 
+TORCHSCRIPT_IO = {"inputs": {"x": ["N", 1, 28, 28, "float32"]}, "outputs": {"logits": ["N", 10, "float32"]}}
+
 
 def export_torchscript(scripted, name: str, version: int, card: dict) -> Path:
     """A TorchScript module (from torch.jit.trace or script) as model.pt."""
     directory = fresh_dir("torchscript", name, version)
     scripted.save(str(directory / "model.pt"))
     write_manifest(directory, format="torchscript", model=name, version=version, source_card=card,
-                   inputs={"x": ["N", 1, 28, 28, "float32"]}, outputs={"logits": ["N", 10, "float32"]}, versions=versions("torch"))
+                   **TORCHSCRIPT_IO, versions=versions("torch"))
     return directory
 
 
@@ -156,7 +158,7 @@ def export_lite(scripted, name: str, version: int, card: dict) -> Path:
     directory = fresh_dir("lite", name, version)
     scripted._save_for_lite_interpreter(str(directory / "model.ptl"))
     write_manifest(directory, format="lite", model=name, version=version, source_card=card,
-                   inputs={"x": ["N", 1, 28, 28, "float32"]}, outputs={"logits": ["N", 10, "float32"]}, versions=versions("torch"))
+                   **TORCHSCRIPT_IO, versions=versions("torch"))
     return directory
 
 
