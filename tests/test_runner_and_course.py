@@ -1,0 +1,49 @@
+"""The notebook runner reports failures instead of raising, and the course index shows what ran."""
+
+import os
+
+import nbformat
+
+from helpers import course, paths, runner
+from helpers.progress import TEXT_MODE_VARIABLE
+
+
+def tiny_notebook(path, body):
+    nb = nbformat.v4.new_notebook()
+    parameters = nbformat.v4.new_code_cell("SMOKE = False")
+    parameters.metadata["tags"] = ["parameters"]
+    nb.cells = [nbformat.v4.new_markdown_cell("# Chapter 99 — A tiny test"), parameters, nbformat.v4.new_code_cell(body)]
+    nb.metadata["kernelspec"] = {"name": runner.KERNEL_NAME, "display_name": "course", "language": "python"}
+    nb.metadata["course"] = {"source": "§0", "learn": "nothing"}
+    nbformat.write(nb, path)
+    return path
+
+
+def test_a_failing_cell_is_reported_with_its_error_and_the_environment_is_restored(tmp_path):
+    notebook = tiny_notebook(tmp_path / "99_fails.ipynb", "assert SMOKE is True\nraise ValueError('broken on purpose')")
+    before = os.environ.get(TEXT_MODE_VARIABLE)
+    result = runner.execute(notebook, tmp_path / "out.ipynb", smoke=True, progress=False)
+    assert not result.ok and "ValueError" in result.error and "broken on purpose" in result.error
+    assert result.seconds > 0 and (tmp_path / "out.ipynb").exists()
+    assert os.environ.get(TEXT_MODE_VARIABLE) == before
+
+
+def test_a_passing_notebook_gets_smoke_injected_and_text_progress(tmp_path):
+    body = f"import os\nassert SMOKE is True\nassert os.environ['{TEXT_MODE_VARIABLE}'] == '1'"
+    result = runner.execute(tiny_notebook(tmp_path / "99_ok.ipynb", body), tmp_path / "out.ipynb", smoke=True, progress=False)
+    assert result.ok, result.error
+
+
+def test_the_index_lists_each_chapter_with_its_runtime_and_failures(tmp_path):
+    info = course.chapter_info(tiny_notebook(tmp_path / "99_ok.ipynb", "pass"))
+    assert info["title"] == "Chapter 99 — A tiny test" and info["source"] == "§0"
+    page = course.index_html([{**info, "seconds": 42.0, "peak_rss_mb": 2048, "error": None},
+                              {**info, "notebook": "98_bad.ipynb", "seconds": 150.0, "peak_rss_mb": 100, "error": "cell 3: ValueError: x"}])
+    assert "42 s" in page and "2.5 min" in page and "2.00 GiB" in page and "FAILED: cell 3: ValueError: x" in page
+    assert "99_ok.html" in page and "98_bad.html" in page
+
+
+def test_every_real_chapter_has_a_title_and_course_metadata():
+    for notebook in paths.notebooks():
+        info = course.chapter_info(notebook)
+        assert info["title"].startswith("Chapter") and info["source"] and info["learn"]
