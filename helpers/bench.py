@@ -39,4 +39,4 @@ def throughput(predict: Callable, batch, seconds: float = 2.0, warmup: int = 3) 
 
 def measure(predict: Callable, single, batch, threads: int, warmup: int = 20, repeats: int = 200, seconds: float = 2.0) -> dict:
     """Both measurements, with the thread count the runtime was created with."""
-    return {**latency(predict, single, warmup, repeats), **throughput(predict, batch, seconds), "threads": threads}
+    return {**latency(predict, single, warmup, repeats), **throughput(predict, batch, seconds, warmup), "threads": threads}

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +29,24 @@ def export_dir(fmt: str, model: str, version: int) -> Path:
     return paths.artifacts() / "exports" / fmt / model / str(version)
 
 
-def fresh_dir(fmt: str, model: str, version: int) -> Path:
-    """An empty export folder (a re-export replaces the old version completely)."""
-    directory = export_dir(fmt, model, version)
-    shutil.rmtree(directory, ignore_errors=True)
-    directory.mkdir(parents=True)
-    return directory
+@contextmanager
+def new_version(fmt: str, model: str, version: int):
+    """Yields an empty staging folder; on success it replaces `<format>/<model>/<version>/` in one rename.
+
+    A failed export leaves the previous version untouched. The staging name starts with a dot, so a server scanning
+    for numbered versions never sees it.
+    """
+    final = export_dir(fmt, model, version)
+    staging = final.with_name(f".{final.name}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
 
 
 def versions(*names: str) -> dict[str, str]:
@@ -51,6 +64,8 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def parity(reference_logits: np.ndarray, logits: np.ndarray) -> dict:
     """How far an export's outputs are from its source's, on the same images."""
     reference_logits, logits = np.asarray(reference_logits, np.float64), np.asarray(logits, np.float64)
+    if reference_logits.shape != logits.shape:
+        raise ValueError(f"cannot compare outputs of shapes {reference_logits.shape} and {logits.shape}")
     return {
         "images": len(logits),
         "argmax_agreement": float(np.mean(reference_logits.argmax(1) == logits.argmax(1))),
@@ -74,54 +89,54 @@ def export_savedmodel(model, name: str, version: int, card: dict, batch_size: in
     import keras
     import tensorflow as tf
 
-    directory = fresh_dir("savedmodel", name, version)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint(name=SERVE, fn=lambda images: model(images, training=False),
-                         input_signature=[tf.TensorSpec([batch_size, 28, 28, 1], tf.float32, name="images")])
+    with new_version("savedmodel", name, version) as directory:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint(name=SERVE, fn=lambda images: model(images, training=False),
+                             input_signature=[tf.TensorSpec([batch_size, 28, 28, 1], tf.float32, name="images")])
 
-    @tf.function(input_signature=[tf.TensorSpec([batch_size, 28, 28], tf.uint8, name="images")])
-    def serving_default(images):
-        logits = model(tf.cast(images, tf.float32)[..., None] / 255.0, training=False)
-        return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1)}
+        @tf.function(input_signature=[tf.TensorSpec([batch_size, 28, 28], tf.uint8, name="images")])
+        def serving_default(images):
+            logits = model(tf.cast(images, tf.float32)[..., None] / 255.0, training=False)
+            return {"probabilities": tf.nn.softmax(logits), "classes": tf.argmax(logits, axis=1)}
 
-    archive.add_endpoint(name=SERVING_DEFAULT, fn=serving_default)
-    archive.write_out(str(directory), verbose=False)
-    write_manifest(directory, format="savedmodel", model=name, version=version, source_card=card,
-                   signatures={SERVE: {"inputs": {"images": ["N", 28, 28, 1, "float32"]}, "outputs": {"output_0": ["N", 10, "float32"]}},
-                               SERVING_DEFAULT: {"inputs": {"images": ["N", 28, 28, "uint8"]},
-                                                 "outputs": {"probabilities": ["N", 10, "float32"], "classes": ["N", "int64"]}}},
-                   versions=versions("tensorflow-cpu", "keras"))
-    return directory
+        archive.add_endpoint(name=SERVING_DEFAULT, fn=serving_default)
+        archive.write_out(str(directory), verbose=False)
+        write_manifest(directory, format="savedmodel", model=name, version=version, source_card=card,
+                       signatures={SERVE: {"inputs": {"images": ["N", 28, 28, 1, "float32"]}, "outputs": {"output_0": ["N", 10, "float32"]}},
+                                   SERVING_DEFAULT: {"inputs": {"images": ["N", 28, 28, "uint8"]},
+                                                     "outputs": {"probabilities": ["N", 10, "float32"], "classes": ["N", "int64"]}}},
+                       versions=versions("tensorflow-cpu", "keras"))
+    return export_dir("savedmodel", name, version)
 
 
 def load_savedmodel(directory: Path):
     import tensorflow as tf
 
-    verify_manifest(directory)
+    verify_manifest(directory, required=("saved_model.pb",))
     return tf.saved_model.load(str(directory))
 
 
 def savedmodel_to_onnx(savedmodel: Path, name: str, version: int, opset: int = 17) -> Path:
     """Convert the `serve` signature with tf2onnx (in a subprocess, as its command line does)."""
-    manifest = verify_manifest(savedmodel)
-    directory = fresh_dir("onnx", name, version)
-    cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(savedmodel), "--signature_def", SERVE,
-           "--opset", str(opset), "--output", str(directory / "model.onnx")]
-    result = subprocess.run(cmd, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"tf2onnx failed (exit {result.returncode}): {result.stderr[-2000:]}")
-    write_manifest(directory, format="onnx", model=name, version=version, converted_from=f"savedmodel/{name}/{version} ({SERVE})",
-                   source_card=manifest["source_card"], inputs={"images": ["N", 28, 28, 1, "float32"]},
-                   outputs={"output_0": ["N", 10, "float32"]}, versions=versions("tf2onnx", "onnx", "tensorflow-cpu"))
-    return directory
+    manifest = verify_manifest(savedmodel, required=("saved_model.pb",))
+    with new_version("onnx", name, version) as directory:
+        cmd = [sys.executable, "-m", "tf2onnx.convert", "--saved-model", str(savedmodel), "--signature_def", SERVE,
+               "--opset", str(opset), "--output", str(directory / "model.onnx")]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        if result.returncode != 0:
+            raise RuntimeError(f"tf2onnx failed (exit {result.returncode}): {result.stderr[-2000:]}")
+        write_manifest(directory, format="onnx", model=name, version=version, converted_from=f"savedmodel/{name}/{version} ({SERVE})",
+                       source_card=manifest["source_card"], inputs={"images": ["N", 28, 28, 1, "float32"]},
+                       outputs={"output_0": ["N", 10, "float32"]}, versions=versions("tf2onnx", "onnx", "tensorflow-cpu"))
+    return export_dir("onnx", name, version)
 
 
 def load_onnx(directory: Path, threads: int = THREADS):
     """An ONNX Runtime session on the verified model.onnx, with a fixed thread count."""
     import onnxruntime as ort
 
-    verify_manifest(directory)
+    verify_manifest(directory, required=("model.onnx",))
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
     return ort.InferenceSession(str(Path(directory) / "model.onnx"), options, providers=["CPUExecutionProvider"])
@@ -139,33 +154,33 @@ TORCHSCRIPT_IO = {"inputs": {"x": ["N", 1, 28, 28, "float32"]}, "outputs": {"log
 
 def export_torchscript(scripted, name: str, version: int, card: dict) -> Path:
     """A TorchScript module (from torch.jit.trace or script) as model.pt."""
-    directory = fresh_dir("torchscript", name, version)
-    scripted.save(str(directory / "model.pt"))
-    write_manifest(directory, format="torchscript", model=name, version=version, source_card=card,
-                   **TORCHSCRIPT_IO, versions=versions("torch"))
-    return directory
+    with new_version("torchscript", name, version) as directory:
+        scripted.save(str(directory / "model.pt"))
+        write_manifest(directory, format="torchscript", model=name, version=version, source_card=card,
+                       **TORCHSCRIPT_IO, versions=versions("torch"))
+    return export_dir("torchscript", name, version)
 
 
 def load_torchscript(directory: Path):
     import torch
 
-    verify_manifest(directory)
+    verify_manifest(directory, required=("model.pt",))
     return torch.jit.load(str(Path(directory) / "model.pt")).eval()
 
 
 def export_lite(scripted, name: str, version: int, card: dict) -> Path:
     """The source document's Android artifact: a lite-interpreter model.ptl (deprecated, see chapter 04)."""
-    directory = fresh_dir("lite", name, version)
-    scripted._save_for_lite_interpreter(str(directory / "model.ptl"))
-    write_manifest(directory, format="lite", model=name, version=version, source_card=card,
-                   **TORCHSCRIPT_IO, versions=versions("torch"))
-    return directory
+    with new_version("lite", name, version) as directory:
+        scripted._save_for_lite_interpreter(str(directory / "model.ptl"))
+        write_manifest(directory, format="lite", model=name, version=version, source_card=card,
+                       **TORCHSCRIPT_IO, versions=versions("torch"))
+    return export_dir("lite", name, version)
 
 
 def load_lite(directory: Path):
     from torch.jit.mobile import _load_for_lite_interpreter
 
-    verify_manifest(directory)
+    verify_manifest(directory, required=("model.ptl",))
     return _load_for_lite_interpreter(str(Path(directory) / "model.ptl"))
 
 
@@ -175,20 +190,20 @@ def export_executorch(model, name: str, version: int, card: dict) -> Path:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
-    directory = fresh_dir("executorch", name, version)
-    example = (torch.zeros(1, 1, 28, 28),)
-    program = to_edge_transform_and_lower(torch.export.export(model.eval(), example), partitioner=[XnnpackPartitioner()])
-    (directory / "model.pte").write_bytes(program.to_executorch().buffer)
-    write_manifest(directory, format="executorch", model=name, version=version, source_card=card, delegate="XNNPACK",
-                   inputs={"x": [1, 1, 28, 28, "float32"]}, outputs={"logits": [1, 10, "float32"]}, versions=versions("torch", "executorch"))
-    return directory
+    with new_version("executorch", name, version) as directory:
+        example = (torch.zeros(1, 1, 28, 28),)
+        program = to_edge_transform_and_lower(torch.export.export(model.eval(), example), partitioner=[XnnpackPartitioner()])
+        (directory / "model.pte").write_bytes(program.to_executorch().buffer)
+        write_manifest(directory, format="executorch", model=name, version=version, source_card=card, delegate="XNNPACK",
+                       inputs={"x": [1, 1, 28, 28, "float32"]}, outputs={"logits": [1, 10, "float32"]}, versions=versions("torch", "executorch"))
+    return export_dir("executorch", name, version)
 
 
 def load_executorch(directory: Path):
     """The `forward` method of the verified model.pte, in the ExecuTorch runtime."""
     from executorch.runtime import Runtime
 
-    verify_manifest(directory)
+    verify_manifest(directory, required=("model.pte",))
     return Runtime.get().load_program(str(Path(directory) / "model.pte")).load_method("forward")
 
 
@@ -206,15 +221,15 @@ def export_torch_onnx(model, name: str, version: int, card: dict, dynamic_batch:
     """torch.onnx.export (the dynamo exporter), weights inline so model.onnx is self-contained."""
     import torch
 
-    directory = fresh_dir("onnx", name, version)
-    dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
-    program = torch.onnx.export(model.eval(), (torch.zeros(2, 1, 28, 28),), dynamic_shapes=dynamic, dynamo=True,
-                                input_names=["images"], output_names=["logits"], verbose=False)
-    program.save(str(directory / "model.onnx"), external_data=False)
-    write_manifest(directory, format="onnx", model=name, version=version, source_card=card, exporter="torch.onnx (dynamo)",
-                   inputs={"images": ["N" if dynamic_batch else 2, 1, 28, 28, "float32"]},
-                   outputs={"logits": ["N" if dynamic_batch else 2, 10, "float32"]}, versions=versions("torch", "onnx", "onnxscript"))
-    return directory
+    with new_version("onnx", name, version) as directory:
+        dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
+        program = torch.onnx.export(model.eval(), (torch.zeros(2, 1, 28, 28),), dynamic_shapes=dynamic, dynamo=True,
+                                    input_names=["images"], output_names=["logits"], verbose=False)
+        program.save(str(directory / "model.onnx"), external_data=False)
+        write_manifest(directory, format="onnx", model=name, version=version, source_card=card, exporter="torch.onnx (dynamo)",
+                       inputs={"images": ["N" if dynamic_batch else 2, 1, 28, 28, "float32"]},
+                       outputs={"logits": ["N" if dynamic_batch else 2, 10, "float32"]}, versions=versions("torch", "onnx", "onnxscript"))
+    return export_dir("onnx", name, version)
 
 
 def timed(load, *args):
@@ -228,11 +243,11 @@ def predict_in_fresh_process(savedmodel: Path, images: np.ndarray) -> dict[str, 
     """`serving_default` outputs from a new Python process that imports only TensorFlow (helpers.savedmodel_predict)."""
     import tempfile
 
-    verify_manifest(savedmodel)
+    verify_manifest(savedmodel, required=("saved_model.pb",))
     with tempfile.TemporaryDirectory() as tmp:
         np.save(Path(tmp) / "images.npy", images)
         cmd = [sys.executable, "-m", "helpers.savedmodel_predict", str(savedmodel), f"{tmp}/images.npy", f"{tmp}/out.npz"]
-        result = subprocess.run(cmd, capture_output=True, text=True)
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         if result.returncode != 0:
             raise RuntimeError(f"the fresh process failed (exit {result.returncode}): {result.stderr[-2000:]}")
         with np.load(Path(tmp) / "out.npz") as out:

@@ -52,8 +52,12 @@ def write_manifest(directory: Path, **fields) -> Path:
     return path
 
 
-def verify_manifest(directory: Path) -> dict:
-    """The manifest of `directory`, after checking every file it lists; IntegrityError names the first that differs."""
+def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> dict:
+    """The manifest of `directory`, after checking every file in the folder against it.
+
+    Refused (IntegrityError naming the file): no manifest; a `required` file the manifest does not list; a listed file
+    missing or changed; a file in the folder the manifest does not list (an added file could be loaded unchecked).
+    """
     import json
 
     directory = Path(directory)
@@ -61,7 +65,16 @@ def verify_manifest(directory: Path) -> dict:
     if not manifest_path.exists():
         raise IntegrityError(f"refusing to load {directory}: it has no {MANIFEST}, so its files cannot be checked")
     manifest = json.loads(manifest_path.read_text())
-    for name, expected in manifest["files"].items():
+    listed = manifest.get("files")
+    if not isinstance(listed, dict):
+        raise IntegrityError(f"refusing to load {directory}: its {MANIFEST} lists no files")
+    for name in required:
+        if name not in listed:
+            raise IntegrityError(f"refusing to load {directory}: {name} is not listed in its {MANIFEST}")
+    present = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST}
+    if unlisted := sorted(present - set(listed)):
+        raise IntegrityError(f"refusing to load {directory}: {unlisted[0]} is not listed in its {MANIFEST}")
+    for name, expected in listed.items():
         path = directory / name
         if not path.exists():
             raise IntegrityError(f"refusing to load {directory}: {name} is listed in {MANIFEST} but missing")

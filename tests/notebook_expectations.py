@@ -59,7 +59,7 @@ EXPECTATIONS = {
         "v2_onnx_argmax_agreement": ("==", 1.0),
         # the serving signature keeps accuracy; a client that forgets /255 does not
         "accuracy_serving_signature": (">=", 0.90),
-        "accuracy_without_scaling": ("<", 0.80),
+        "accuracy_lost_without_scaling": (">", 0.10),
     },
     "04_torchscript_mobile_export": {
         "executorch_argmax_agreement": ("==", 1.0),

@@ -63,11 +63,15 @@ def test_the_savedmodel_and_its_onnx_conversion_match_keras_and_refuse_changes()
     savedmodel = export.export_savedmodel(keras_model, "mnist", 1, CARD)
     loaded = export.load_savedmodel(savedmodel)
     assert set(loaded.signatures) == {export.SERVE, export.SERVING_DEFAULT}
-    served = loaded.signatures[export.SERVING_DEFAULT](images=np.rint(images[..., 0] * 255).astype(np.uint8))
-    assert served["probabilities"].shape == (8, 10) and served["classes"].dtype.name == "int64"
+    raw = np.rint(images[..., 0] * 255).astype(np.uint8)
+    served = loaded.signatures[export.SERVING_DEFAULT](images=raw)
+    expected = export.softmax(np.asarray(keras_model((raw / 255.0).astype(np.float32)[..., None])))  # the scaling is in the graph
+    assert np.abs(served["probabilities"].numpy() - expected).max() <= 1e-6
+    assert np.array_equal(served["classes"].numpy(), expected.argmax(1))
     assert export.parity(reference, loaded.signatures[export.SERVE](images=images)["output_0"].numpy())["max_abs_diff_probabilities"] <= 1e-6
     onnx_dir = export.savedmodel_to_onnx(savedmodel, "mnist", 1)
-    assert export.parity(reference, export.onnx_predictor(export.load_onnx(onnx_dir))(images))["argmax_agreement"] == 1.0
+    onnx_parity = export.parity(reference, export.onnx_predictor(export.load_onnx(onnx_dir))(images))
+    assert onnx_parity["argmax_agreement"] == 1.0 and onnx_parity["max_abs_diff_probabilities"] <= 1e-5
     flip_a_bit(savedmodel / "saved_model.pb")
     with pytest.raises(integrity.IntegrityError, match="saved_model.pb"):
         export.load_savedmodel(savedmodel)
@@ -81,6 +85,33 @@ def test_a_folder_without_a_manifest_or_with_a_missing_file_is_refused(tmp_path)
     (tmp_path / "model.onnx").unlink()
     with pytest.raises(integrity.IntegrityError, match="missing"):
         integrity.verify_manifest(tmp_path)
+
+
+def test_an_unlisted_or_unrequired_model_file_is_refused(tmp_path):
+    (tmp_path / "model.onnx").write_bytes(b"weights")
+    integrity.write_manifest(tmp_path, format="onnx")
+    with pytest.raises(integrity.IntegrityError, match="model.pte is not listed"):
+        integrity.verify_manifest(tmp_path, required=("model.pte",))
+    (tmp_path / "model.onnx.data").write_bytes(b"swapped-in weights")  # added after the manifest was written
+    with pytest.raises(integrity.IntegrityError, match="model.onnx.data is not listed"):
+        integrity.verify_manifest(tmp_path)
+
+
+def test_a_failed_export_leaves_the_previous_version_untouched():
+    with export.new_version("onnx", "mnist", 1) as staging:
+        (staging / "model.onnx").write_bytes(b"version one")
+    with pytest.raises(RuntimeError):
+        with export.new_version("onnx", "mnist", 1) as staging:
+            (staging / "model.onnx").write_bytes(b"half written")
+            raise RuntimeError("converter crashed")
+    final = export.export_dir("onnx", "mnist", 1)
+    assert (final / "model.onnx").read_bytes() == b"version one"
+    assert sorted(p.name for p in final.parent.iterdir()) == ["1"]  # no staging folder left behind
+
+
+def test_parity_refuses_outputs_of_different_shapes():
+    with pytest.raises(ValueError, match="shapes"):
+        export.parity(np.zeros((4, 10)), np.zeros((1, 10)))
 
 
 def test_parity_reports_disagreement():
