@@ -40,3 +40,23 @@ def throughput(predict: Callable, batch, seconds: float = 2.0, warmup: int = 3) 
 def measure(predict: Callable, single, batch, threads: int, warmup: int = 20, repeats: int = 200, seconds: float = 2.0) -> dict:
     """Both measurements, with the thread count the runtime was created with."""
     return {**latency(predict, single, warmup, repeats), **throughput(predict, batch, seconds, warmup), "threads": threads}
+
+
+COMPARISON_COLUMNS = ["size (kB)", "load (ms)", "p50_ms", "p90_ms", "p99_ms", "samples_per_s", "threads"]
+COMPARISON_FORMAT = {"size (kB)": "{:,.0f}", "load (ms)": "{:.1f}", "p50_ms": "{:.3f}", "p90_ms": "{:.3f}", "p99_ms": "{:.3f}",
+                     "samples_per_s": "{:,.0f}", "threads": "{:.0f}"}
+
+
+def compare(runtimes: dict[str, dict], single, batch, repeats: int = 200, seconds: float = 2.0):
+    """One row per runtime: size, load time, latency percentiles, throughput and threads, all measured by `measure`.
+
+    `runtimes` maps a name to {"predict": callable, "bytes": file size, "load_s": load time, "threads": thread count}.
+    """
+    import pandas as pd
+
+    rows = {
+        name: {"size (kB)": r["bytes"] / 1e3, "load (ms)": r["load_s"] * 1000,
+               **measure(r["predict"], single, batch, threads=r["threads"], repeats=repeats, seconds=seconds)}
+        for name, r in runtimes.items()
+    }
+    return pd.DataFrame(rows).T[COMPARISON_COLUMNS]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import EngFormatter
 import numpy as np
 
 
@@ -50,3 +51,15 @@ def loss_contours(f, paths: dict[str, np.ndarray], lim: float = 3.0, ax=None, ti
     ax.legend(loc="lower right", fontsize=8)
     ax.set_title(title)
     return ax
+
+
+def runtime_comparison(results, batch_size: int):
+    """Three bar charts from a `helpers.bench.compare` table: file size, p50 latency, batch throughput."""
+    fig, axes = plt.subplots(1, 3, figsize=(15, 0.5 * len(results) + 1.8))
+    panels = [("size (kB)", "file size (kB)", False), ("p50_ms", "single-image latency p50 (ms, log scale)", True),
+              ("samples_per_s", f"throughput, batch {batch_size} (images/s)", False)]
+    for ax, (column, title, log) in zip(axes, panels):
+        results[column].astype(float).plot.barh(ax=ax, title=title, logx=log)
+    axes[2].xaxis.set_major_formatter(EngFormatter())  # 120k, not 120000 run together with its neighbour
+    fig.tight_layout()
+    return fig

@@ -120,6 +120,13 @@ def test_parity_reports_disagreement():
     assert result["argmax_agreement"] == 0.5 and result["max_abs_diff_logits"] == 3.0
 
 
+def test_bench_compare_makes_one_row_per_runtime():
+    runtimes = {name: {"predict": lambda x: np.tanh(x), "bytes": 2000, "load_s": 0.5, "threads": 1} for name in ("a", "b")}
+    table = bench.compare(runtimes, np.ones(4), np.ones((8, 4)), repeats=5, seconds=0.02)
+    assert list(table.index) == ["a", "b"] and list(table.columns) == bench.COMPARISON_COLUMNS
+    assert table.loc["a", "size (kB)"] == 2.0 and table.loc["b", "load (ms)"] == 500.0 and (table["p50_ms"] > 0).all()
+
+
 def test_bench_reports_percentiles_and_throughput_with_the_thread_count():
     result = bench.measure(lambda x: np.tanh(x).sum(), np.ones(10), np.ones((32, 10)), threads=2, warmup=2, repeats=30, seconds=0.05)
     assert 0 < result["p50_ms"] <= result["p90_ms"] <= result["p99_ms"]
