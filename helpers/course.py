@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import html
-import json
 import shutil
 import sys
 import time
@@ -37,10 +36,6 @@ def chapter_info(notebook: Path) -> dict:
 def newest_input_mtime(notebook: Path) -> float:
     inputs = [notebook, paths.REQUIREMENTS, *(paths.ROOT / "helpers").rglob("*.py")]
     return max(p.stat().st_mtime for p in inputs)
-
-
-def load_runs(path: Path) -> dict:
-    return json.loads(path.read_text()) if path.exists() else {}
 
 
 def install_mathjax(out: Path) -> str:
@@ -97,7 +92,7 @@ def build_course(force: bool = False) -> bool:
     out = course_dir()
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.json"
-    runs = load_runs(runs_path)
+    runs = runner.load_runs(runs_path)
     rows = []
     for notebook in paths.notebooks():
         executed = out / notebook.name
@@ -109,8 +104,7 @@ def build_course(force: bool = False) -> bool:
             print(f"{notebook.name}: executing in full mode ...")
             result = runner.execute(notebook, executed, smoke=False)
             render_html(executed)
-            runs[notebook.stem] = previous = {"seconds": result.seconds, "peak_rss_mb": result.peak_rss_mb, "error": result.error}
-            runs_path.write_text(json.dumps(runs, indent=2))
+            previous = runner.record_run(runs_path, result)
             print(f"  {result.seconds:.0f} s, peak {result.peak_rss_mb:.0f} MiB" + (f", FAILED at {result.error}" if result.error else ""))
         rows.append({**chapter_info(notebook), **previous})
     (out / "index.html").write_text(index_html(rows), encoding="utf-8")

@@ -117,9 +117,14 @@ def numpy_only_loads(data: bytes):
 # --------------------------------------------------------------------------- the sources
 
 
-def read_keras_npz(data: bytes) -> Mnist:
-    with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+def mnist_from_npz(source) -> Mnist:
+    """The four arrays of a Keras-layout npz (a path or a file object), never unpickling anything."""
+    with np.load(source, allow_pickle=False) as npz:
         return Mnist(*(npz[k] for k in Mnist._fields))
+
+
+def read_keras_npz(data: bytes) -> Mnist:
+    return mnist_from_npz(io.BytesIO(data))
 
 
 def read_mirror_wheel(wheel: Path) -> Mnist:
@@ -171,8 +176,7 @@ SOURCES: list[Source] = [
 def read_cache(path: Path) -> Mnist:
     """Load and verify a cached file; MnistError says what is wrong with it."""
     try:
-        with np.load(path, allow_pickle=False) as npz:
-            mnist = Mnist(*(npz[k] for k in Mnist._fields))
+        mnist = mnist_from_npz(path)
     except Exception as exc:  # truncated zip, missing key, not an npz at all ...
         raise MnistError(f"{path} is not a readable MNIST npz ({type(exc).__name__}: {exc})") from exc
     verify(mnist)

@@ -10,6 +10,10 @@ import nbformat
 RUN_METADATA = ("execution", "papermill", "collapsed", "scrolled")
 
 
+def has_tag(cell, tag: str) -> bool:
+    return tag in cell.get("metadata", {}).get("tags", [])
+
+
 def strip_cell(cell) -> None:
     if cell.cell_type == "code":
         cell.outputs = []

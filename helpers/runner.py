@@ -5,6 +5,7 @@ Shared by `make test` (smoke mode) and `make course` (full mode), so both run no
 
 from __future__ import annotations
 
+import json
 import os
 import threading
 import time
@@ -58,6 +59,19 @@ class PeakMemory:
     def __exit__(self, *exc) -> None:
         self._stop.set()
         self._thread.join()
+
+
+def load_runs(path: Path) -> dict:
+    """{notebook: {seconds, peak_rss_mb, error}} from a runs.json, or {} if there is none yet."""
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def record_run(path: Path, result: RunResult) -> dict:
+    """Add `result` to the runs.json at `path` (make course and make test both keep one); returns its entry."""
+    runs = load_runs(path)
+    runs[result.notebook] = {"seconds": round(result.seconds, 1), "peak_rss_mb": round(result.peak_rss_mb), "error": result.error}
+    path.write_text(json.dumps(runs, indent=2))
+    return runs[result.notebook]
 
 
 def require_kernel() -> None:

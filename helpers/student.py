@@ -12,7 +12,7 @@ from pathlib import Path
 import nbformat
 
 from helpers import paths
-from helpers.nbclean import strip_notebook
+from helpers.nbclean import has_tag, strip_notebook
 
 SOLUTION_TAG = "solution"
 CODE_STUB = "# Your solution here\n"
@@ -20,7 +20,7 @@ MARKDOWN_STUB = "*Your answer here.*"
 
 
 def is_solution(cell) -> bool:
-    return SOLUTION_TAG in cell.get("metadata", {}).get("tags", [])
+    return has_tag(cell, SOLUTION_TAG)
 
 
 def stub_for(cell):

@@ -3,13 +3,13 @@
 A new notebook is picked up without editing this file; it only needs an entry in notebook_expectations.py.
 """
 
-import json
 import time
 
 import nbformat
 import pytest
 
 from helpers import paths, report, runner
+from helpers.nbclean import has_tag
 from notebook_expectations import EXPECTATIONS, OPS, SMOKE_BUDGET_S, TIME_LIMIT_FACTOR
 
 NOTEBOOKS = paths.notebooks()
@@ -21,7 +21,7 @@ def by_stem(notebooks):
 
 
 def tagged(nb, tag):
-    return [c for c in nb.cells if tag in c.get("metadata", {}).get("tags", [])]
+    return [c for c in nb.cells if has_tag(c, tag)]
 
 
 def test_the_course_has_notebooks():
@@ -47,7 +47,7 @@ def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
     started = time.time()
     executed = EXECUTED_DIR / notebook.name
     result = runner.execute(notebook, executed, smoke=True, progress=False)
-    record_runtime(result)
+    runner.record_run(EXECUTED_DIR / "runs.json", result)  # smoke runtimes and memory, to spot a notebook growing slow
     assert result.ok, f"{notebook.name} failed at {result.error}; the executed copy is {executed}"
 
     nb = nbformat.read(executed, as_version=4)
@@ -66,10 +66,3 @@ def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
             failures.append(f"{name} = {value!r}, expected {op} {bound}")
     assert not failures, "; ".join(failures)
 
-
-def record_runtime(result: runner.RunResult) -> None:
-    """Keep smoke-mode runtimes and memory for the README and for spotting a notebook that grows slow."""
-    path = EXECUTED_DIR / "runs.json"
-    runs = json.loads(path.read_text()) if path.exists() else {}
-    runs[result.notebook] = {"seconds": round(result.seconds, 1), "peak_rss_mb": round(result.peak_rss_mb), "error": result.error}
-    path.write_text(json.dumps(runs, indent=2))

@@ -47,3 +47,12 @@ def test_every_real_chapter_has_a_title_and_course_metadata():
     for notebook in paths.notebooks():
         info = course.chapter_info(notebook)
         assert info["title"].startswith("Chapter") and info["source"] and info["learn"]
+
+
+def test_runs_are_recorded_per_notebook_and_kept_across_calls(tmp_path):
+    path = tmp_path / "runs.json"
+    assert runner.load_runs(path) == {}
+    runner.record_run(path, runner.RunResult("01_a", 12.345, 1000.4))
+    entry = runner.record_run(path, runner.RunResult("02_b", 3.0, 10.0, error="cell 2: ValueError: x"))
+    assert entry == {"seconds": 3.0, "peak_rss_mb": 10, "error": "cell 2: ValueError: x"}
+    assert runner.load_runs(path)["01_a"] == {"seconds": 12.3, "peak_rss_mb": 1000, "error": None}
