@@ -60,3 +60,43 @@ def compare(runtimes: dict[str, dict], single, batch, repeats: int = 200, second
         for name, r in runtimes.items()
     }
     return pd.DataFrame(rows).T[COMPARISON_COLUMNS]
+
+
+def pareto_front(accuracy, latency) -> np.ndarray:
+    """A boolean mask of the variants no other variant beats on both counts (at least as accurate and at least as fast,
+    strictly better on one): the only ones worth shipping if accuracy and latency are all that matter."""
+    accuracy, latency = np.asarray(accuracy, float), np.asarray(latency, float)
+    dominated = [
+        bool(np.any((accuracy >= a) & (latency <= t) & ((accuracy > a) | (latency < t))))
+        for a, t in zip(accuracy, latency)
+    ]
+    return ~np.array(dominated, dtype=bool)
+
+
+def onnx_operator_times(directory, batch, runs: int = 20, threads: int = 2):
+    """Mean microseconds per call spent in each operator of the verified model.onnx in `directory`, on `batch`, from
+    ONNX Runtime's own profiler: where the time goes, after the runtime's graph optimisations and fusions."""
+    import json
+    import tempfile
+    from pathlib import Path
+
+    import onnxruntime as ort
+    import pandas as pd
+
+    from helpers.integrity import verify_manifest
+
+    verify_manifest(directory, required=("model.onnx",))
+    with tempfile.TemporaryDirectory() as tmp:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        options.enable_profiling, options.profile_file_prefix = True, f"{tmp}/profile"
+        session = ort.InferenceSession(str(Path(directory) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        for _ in range(runs):
+            session.run(None, {name: batch})
+        events = json.loads(Path(session.end_profiling()).read_text())
+    times = {}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            times[event["args"]["op_name"]] = times.get(event["args"]["op_name"], 0) + event["dur"] / runs
+    return pd.Series(times, name="microseconds per call").sort_values(ascending=False)

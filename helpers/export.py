@@ -5,7 +5,8 @@ folder per integer version) with a manifest.json listing each file's size and sh
 model's card and the library versions. Every `load_*` checks the manifest first and refuses a changed file.
 
 Formats: "savedmodel" and "onnx" (from Keras, chapter 03); "torchscript" (.pt), "lite" (.ptl), "executorch" (.pte) and
-"onnx" (from PyTorch, chapter 04).
+"onnx" (from PyTorch, chapter 04). Chapter 05's quantized variants ("tflite", int8 "onnx" and "executorch") are made by
+`helpers.quantize` into the same layout.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers import env, paths
-from helpers.integrity import verify_manifest, write_manifest
+from helpers.integrity import IntegrityError, verify_manifest, write_manifest
 
 THREADS = 2  # every runtime created here uses this many threads; the benchmarks report it
 
@@ -184,18 +185,23 @@ def load_lite(directory: Path):
     return _load_for_lite_interpreter(str(Path(directory) / "model.ptl"))
 
 
-def export_executorch(model, name: str, version: int, card: dict) -> Path:
-    """torch.export -> ExecuTorch with the XNNPACK delegate -> model.pte, for batch-1 inference (a device's use case)."""
+def export_executorch(model, name: str, version: int, card: dict, **details) -> Path:
+    """torch.export -> ExecuTorch with the XNNPACK delegate -> model.pte, for batch-1 inference (a device's use case).
+
+    `model` may be a pt2e-quantized graph (chapter 05); `details` (how it was quantized) go into the manifest.
+    """
     import torch
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     with new_version("executorch", name, version) as directory:
         example = (torch.zeros(1, 1, 28, 28),)
-        program = to_edge_transform_and_lower(torch.export.export(model.eval(), example), partitioner=[XnnpackPartitioner()])
+        model.eval()  # (an exported pt2e graph's .eval() returns None, so not chained)
+        program = to_edge_transform_and_lower(torch.export.export(model, example), partitioner=[XnnpackPartitioner()])
         (directory / "model.pte").write_bytes(program.to_executorch().buffer)
         write_manifest(directory, format="executorch", model=name, version=version, source_card=card, delegate="XNNPACK",
-                       inputs={"x": [1, 1, 28, 28, "float32"]}, outputs={"logits": [1, 10, "float32"]}, versions=versions("torch", "executorch"))
+                       inputs={"x": [1, 1, 28, 28, "float32"]}, outputs={"logits": [1, 10, "float32"]}, **details,
+                       versions=versions("torch", "executorch", "torchao"))
     return export_dir("executorch", name, version)
 
 
@@ -230,6 +236,34 @@ def export_torch_onnx(model, name: str, version: int, card: dict, dynamic_batch:
                        inputs={"images": ["N" if dynamic_batch else 2, 1, 28, 28, "float32"]},
                        outputs={"logits": ["N" if dynamic_batch else 2, 10, "float32"]}, versions=versions("torch", "onnx", "onnxscript"))
     return export_dir("onnx", name, version)
+
+
+def current_export(fmt: str, name: str, version: int, card: dict, build) -> Path:
+    """`<fmt>/<name>/<version>` if it verifies and was exported from the model `card` describes; else `build()` it now.
+
+    Later chapters use this to reuse an earlier chapter's export, or recreate it on a fresh clone.
+    """
+    directory = export_dir(fmt, name, version)
+    try:
+        made_from = verify_manifest(directory)["source_card"].get("file_sha256")
+        if made_from == card["file_sha256"]:
+            return directory
+        reason = "it was exported from a different model"
+    except IntegrityError as error:
+        reason = str(error)
+    print(f"Exporting {fmt}/{name}/{version} again ({reason[:160]})")
+    return build()
+
+
+def torch_predictor(module):
+    """predict(float NCHW images) -> NumPy logits, for an eager, TorchScript, lite-interpreter or pt2e module."""
+    import torch
+
+    def predict(x: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return module(torch.from_numpy(x)).detach().numpy()
+
+    return predict
 
 
 def timed(load, *args):

@@ -63,3 +63,38 @@ def runtime_comparison(results, batch_size: int):
     axes[2].xaxis.set_major_formatter(EngFormatter())  # 120k, not 120000 run together with its neighbour
     fig.tight_layout()
     return fig
+
+
+def tradeoff(table, front, accuracy="accuracy", latency="p50_ms", size="size (kB)", group="runtime", window_points=0.5):
+    """Accuracy against single-image latency, one labelled marker per variant, its area proportional to the file size,
+    coloured by `group`; the Pareto front (a boolean mask) joined by a dashed line. The y axis shows the variants within
+    `window_points` of the most accurate; the ones below are listed under the plot, not squeezed in."""
+    from matplotlib.ticker import FuncFormatter
+
+    table = table.assign(_front=np.asarray(front, bool))
+    y_all = 100 * table[accuracy].astype(float)
+    shown = table[y_all >= y_all.max() - window_points]
+    fig, ax = plt.subplots(figsize=(12, 7))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    largest = table[size].astype(float).max()
+    for i, (name, rows) in enumerate(shown.groupby(group, sort=False)):
+        ax.scatter(rows[latency].astype(float), 100 * rows[accuracy].astype(float), s=30 + 900 * rows[size].astype(float) / largest,
+                   alpha=0.5, color=colors[i % len(colors)], edgecolor="black", linewidth=0.5, label=name)
+    for i, (label, row) in enumerate(shown.sort_values(latency).iterrows()):
+        ax.annotate(label, (float(row[latency]), 100 * float(row[accuracy])), fontsize=7, xytext=(6, 6 if i % 2 else -10),
+                    textcoords="offset points", fontweight="bold" if row["_front"] else "normal")
+    best = table[table["_front"]].sort_values(latency)
+    ax.plot(best[latency].astype(float), 100 * best[accuracy].astype(float), "k--", linewidth=1, label="Pareto front (bold labels)")
+    ax.set_xscale("log")
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
+    ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if f"{x:.0e}"[0] in "25" else ""))  # 0.02, 0.05, ...
+    ax.set_xlabel("single-image latency p50 (ms, log scale)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title("Accuracy vs latency (marker area ~ file size)")
+    ax.legend(fontsize=8, loc="lower right", markerscale=0.4)
+    hidden = table.drop(shown.index)
+    if len(hidden):
+        ax.text(0.0, -0.12, "below the window: " + ", ".join(f"{n} ({100 * float(a):.2f} %)" for n, a in hidden[accuracy].items()),
+                transform=ax.transAxes, fontsize=8)
+    fig.tight_layout()
+    return fig

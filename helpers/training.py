@@ -41,6 +41,9 @@ RECIPES = {
     "source_cnn": Recipe(epochs=7, batch_size=128, peak_lr=5e-3, max_shift=2),
     "better_cnn": Recipe(epochs=6, batch_size=128, peak_lr=5e-3),
 }
+# A short fine-tune of a trained source_cnn (after pruning, or for quantization-aware training, chapter 05): one epoch at
+# a tenth of its peak rate, decaying to 0, with the same augmentation.
+FINE_TUNE = replace(RECIPES["source_cnn"], epochs=1, peak_lr=5e-4, warmup_fraction=0.0)
 SMOKE_TRAIN_IMAGES = 10_000
 
 
@@ -186,8 +189,8 @@ def make_epoch_timer():
 
 
 def print_epoch(row: dict, epochs: int) -> None:
-    print(f"epoch {row['epoch']}/{epochs} - {row['seconds']:.0f}s - loss {row['loss']:.4f} - accuracy {row['accuracy']:.4f}"
-          f" - val_loss {row['val_loss']:.4f} - val_accuracy {row['val_accuracy']:.4f}")
+    validation = f" - val_loss {row['val_loss']:.4f} - val_accuracy {row['val_accuracy']:.4f}" if row.get("val_loss") is not None else ""
+    print(f"epoch {row['epoch']}/{epochs} - {row['seconds']:.0f}s - loss {row['loss']:.4f} - accuracy {row['accuracy']:.4f}{validation}")
 
 
 def keras_logits(model, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
@@ -213,8 +216,8 @@ def cross_entropy_and_accuracy(logits: np.ndarray, y: np.ndarray) -> tuple[float
     return cross_entropy_with_logits(logits.astype(np.float64), y), float((logits.argmax(1) == y).mean())
 
 
-def train_torch(model, x, y, x_val, y_val, recipe: Recipe, run_dir: Path) -> History:
-    """Mini-batch Adam by `recipe`, seeded and deterministic on a CPU, logging to TensorBoard under `run_dir`."""
+def train_torch(model, x, y, x_val, y_val, recipe: Recipe, run_dir: Path | None) -> History:
+    """Mini-batch Adam by `recipe`, seeded and deterministic on a CPU, logging to TensorBoard under `run_dir` (if given)."""
     import torch
     from torch.utils.tensorboard import SummaryWriter
 
@@ -225,7 +228,7 @@ def train_torch(model, x, y, x_val, y_val, recipe: Recipe, run_dir: Path) -> His
     optimizer = torch.optim.Adam(model.parameters(), lr=recipe.peak_lr)
     total_steps = recipe.epochs * recipe.steps_per_epoch(len(x))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: learning_rate(step, total_steps, recipe) / recipe.peak_lr)
-    writers = {split: SummaryWriter(str(Path(run_dir) / split)) for split in ("train", "validation")}
+    writers = {split: SummaryWriter(str(Path(run_dir) / split)) for split in ("train", "validation")} if run_dir else {}
     rows = []
     try:
         for epoch in range(1, recipe.epochs + 1):
@@ -249,11 +252,13 @@ def train_torch(model, x, y, x_val, y_val, recipe: Recipe, run_dir: Path) -> His
                 correct += int((logits.argmax(1) == y_t[idx]).sum())
             seconds = time.perf_counter() - started
             lr = optimizer.param_groups[0]["lr"]  # at the end of the epoch, as Keras reports it
-            val_loss, val_accuracy = cross_entropy_and_accuracy(torch_logits(model, x_val), y_val)
+            # no validation set: e.g. quantization-aware training, whose observers would learn from it
+            val_loss, val_accuracy = cross_entropy_and_accuracy(torch_logits(model, x_val), y_val) if x_val is not None else (None, None)
             row = {"epoch": epoch, "loss": sum(losses) / len(x_t), "accuracy": correct / len(x_t),
                    "val_loss": val_loss, "val_accuracy": val_accuracy, "learning_rate": lr, "seconds": seconds}
             rows.append(row)
-            log_epoch(writers, model, row)
+            if writers:
+                log_epoch(writers, model, row)
             print_epoch(row, recipe.epochs)
     finally:
         for writer in writers.values():
@@ -268,7 +273,8 @@ def log_epoch(writers: dict, model, row: dict) -> None:
     train.add_scalar("epoch_loss", row["loss"], epoch)
     train.add_scalar("epoch_accuracy", row["accuracy"], epoch)
     train.add_scalar("epoch_learning_rate", row["learning_rate"], epoch)
-    validation.add_scalar("epoch_loss", row["val_loss"], epoch)
-    validation.add_scalar("epoch_accuracy", row["val_accuracy"], epoch)
+    if row["val_loss"] is not None:
+        validation.add_scalar("epoch_loss", row["val_loss"], epoch)
+        validation.add_scalar("epoch_accuracy", row["val_accuracy"], epoch)
     for name, parameter in model.named_parameters():
         train.add_histogram(name, parameter.detach(), epoch)
