@@ -69,4 +69,19 @@ EXPECTATIONS = {
         "torchscript_max_abs_diff_probabilities": ("<=", 1e-5),
         "lite_max_abs_diff_probabilities": ("<=", 1e-5),
     },
+    "05_quantization": {
+        # the hand-written int8 matrix multiply predicts like the float one
+        "hand_int8_matmul_argmax_agreement": (">=", 0.99),
+        # every int8 file is at most 30 % of its float32 source (full mode asserts the same, and a <= 0.5 point drop)
+        "int8_max_size_ratio": ("<=", 0.30),
+        "int8_max_drop_points": ("<=", 1.5),
+        "int8_variants": ("==", 7),  # LiteRT dynamic + full integer, ONNX dynamic + 3 static, ExecuTorch PTQ
+        # unstructured zeros do not shrink the raw file but compress; removing half the channels halves it
+        "pruned90_raw_size_ratio": ("<=", 1.01),
+        "pruned90_gzip_size_ratio": ("<=", 0.5),
+        "channel_pruned_size_ratio": ("<=", 0.55),
+        "channel_pruned_accuracy": (">=", 0.90),
+        # every variant was benchmarked and put on the trade-off plot
+        "variants": ("==", 18),
+    },
 }
