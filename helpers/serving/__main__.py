@@ -1,0 +1,78 @@
+"""python -m helpers.serving --repository DIR [--port 8500] [--batching] ...: run the inference server on uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import ipaddress
+import logging
+import os
+import sys
+from pathlib import Path
+
+API_KEY_ENV = "COURSE_SERVING_API_KEY"
+
+
+def parse_args(argv=None):
+    from helpers.serving.app import Settings
+
+    defaults = Settings(repository=Path("."))
+    parser = argparse.ArgumentParser(prog="python -m helpers.serving", description=__doc__.split(":")[1].strip())
+    parser.add_argument("--repository", type=Path, required=True, help="model repository: <repository>/<model>/<version>/")
+    parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs an API key)")
+    parser.add_argument("--port", type=int, default=8500)
+    parser.add_argument("--api-key-file", type=Path, help=f"file holding the API key (or set {API_KEY_ENV})")
+    parser.add_argument("--batching", action="store_true", help="gather concurrent requests into one runtime call")
+    parser.add_argument("--batch-max-size", type=int, default=defaults.batch_max_size, help="rows per runtime call")
+    parser.add_argument("--batch-max-delay-ms", type=float, default=defaults.batch_max_delay_ms,
+                        help="longest wait for a batch to fill")
+    parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
+    parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size, help="instances per request")
+    parser.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
+    parser.add_argument("--poll-interval-s", type=float, default=defaults.poll_interval_s, help="repository scan interval")
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+def api_key(args) -> str | None:
+    if args.api_key_file:
+        key = args.api_key_file.read_text().strip()
+    else:
+        key = os.environ.get(API_KEY_ENV, "").strip()
+    return key or None
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def main(argv=None) -> int:
+    import uvicorn
+
+    from helpers.serving.app import Settings, create_app
+
+    args = parse_args(argv)
+    key = api_key(args)
+    if not is_loopback(args.host) and key is None:
+        print(f"refusing to bind {args.host} without an API key: anyone on the network could use the model. "
+              f"Pass --api-key-file or set {API_KEY_ENV}, or bind 127.0.0.1.", file=sys.stderr)
+        return 2
+    if not args.repository.is_dir():
+        print(f"no model repository at {args.repository}", file=sys.stderr)
+        return 2
+    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = Settings(repository=args.repository, api_key=key, max_body_bytes=args.max_body_bytes,
+                        max_batch_size=args.max_batch_size, request_timeout_s=args.request_timeout_s, batching=args.batching,
+                        batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms,
+                        poll_interval_s=args.poll_interval_s)
+    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False,
+                loop="uvloop", http="httptools")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

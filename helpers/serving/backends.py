@@ -1,0 +1,79 @@
+"""The runtimes a served model version runs in, behind one small interface.
+
+A backend is made from a verified export folder (its manifest says which format it is) and answers `predict(x)` for a
+float32 batch in the model's input layout. ONNX Runtime runs the ONNX exports of chapters 03-05; TensorFlow runs
+chapter 03's SavedModel through its `serve` signature, as TF Serving does.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from helpers import export
+from helpers.integrity import verify_manifest
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    shape: tuple[int, ...]  # -1 for the batch dimension
+    datatype: str = "FP32"  # the Open Inference Protocol's name for float32
+
+
+class Backend:
+    platform: str  # as Triton and KServe report it in model metadata
+    input: TensorSpec
+    output: TensorSpec
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+def spec_from_manifest(io: dict) -> TensorSpec:
+    """{"images": ["N", 28, 28, 1, "float32"]} -> TensorSpec("images", (-1, 28, 28, 1))."""
+    (name, dims), = io.items()
+    return TensorSpec(name, tuple(-1 if d == "N" else int(d) for d in dims[:-1]))
+
+
+class OnnxBackend(Backend):
+    platform = "onnxruntime_onnx"
+
+    def __init__(self, directory: Path, manifest: dict):
+        self.session = export.load_onnx(directory, threads=1)  # a server gets its parallelism from requests, not inside one
+        self.input, self.output = spec_from_manifest(manifest["inputs"]), spec_from_manifest(manifest["outputs"])
+        self.input_name = self.session.get_inputs()[0].name
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input_name: x})[0]
+
+
+class SavedModelBackend(Backend):
+    platform = "tensorflow_savedmodel"
+
+    def __init__(self, directory: Path, manifest: dict):
+        signature = manifest["signatures"][export.SERVE]
+        self.input, self.output = spec_from_manifest(signature["inputs"]), spec_from_manifest(signature["outputs"])
+        self.serve = export.load_savedmodel(directory).signatures[export.SERVE]
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.serve(**{self.input.name: x})[self.output.name].numpy()
+
+
+BACKENDS = {"onnx": OnnxBackend, "savedmodel": SavedModelBackend}
+
+
+def load_backend(directory: Path) -> Backend:
+    """The backend for a verified export folder, warmed up and checked: one zero image in, one finite row of logits out."""
+    manifest = verify_manifest(directory)
+    if manifest.get("format") not in BACKENDS:
+        raise ValueError(f"{directory}: format {manifest.get('format')!r} cannot be served; serve one of {sorted(BACKENDS)}")
+    backend = BACKENDS[manifest["format"]](Path(directory), manifest)
+    example = np.zeros((1, *backend.input.shape[1:]), np.float32)
+    output = np.asarray(backend.predict(example))
+    expected = (1, *backend.output.shape[1:])
+    if output.shape != expected or not np.all(np.isfinite(output)):
+        raise ValueError(f"{directory}: warm-up gave an output of shape {output.shape} (expected {expected}) or non-finite values")
+    return backend

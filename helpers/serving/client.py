@@ -1,0 +1,73 @@
+"""A small client for both protocols (what a TF Serving or KServe/Triton client sends, written out plainly)."""
+
+from __future__ import annotations
+
+import numpy as np
+import orjson
+
+from helpers.serving.protocols import BINARY_HEADER
+
+
+class ServingClient:
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 30.0):
+        import httpx
+
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
+
+    def close(self):
+        self.http.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def get(self, path: str) -> dict:
+        response = self.http.get(path)
+        response.raise_for_status()
+        return response.json()
+
+    def predict(self, model: str, x: np.ndarray, version: int | None = None, columnar: bool = False) -> np.ndarray:
+        """TF Serving REST :predict, row format (`instances`) or columnar (`inputs`)."""
+        path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"
+        body = {"inputs" if columnar else "instances": x}
+        response = self.http.post(path, content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                                  headers={"Content-Type": "application/json"})
+        response.raise_for_status()
+        return np.asarray(response.json()["outputs" if columnar else "predictions"], np.float32)
+
+    def infer(self, model: str, x: np.ndarray, input_name: str, version: int | None = None, binary: bool = False) -> dict:
+        """Open Inference Protocol infer; `binary` sends the input and asks for the output as binary tensor data.
+        Returns {"model_version": ..., "outputs": {name: array}}."""
+        path = f"/v2/models/{model}" + (f"/versions/{version}" if version else "") + "/infer"
+        body, headers = infer_request(x, input_name, binary)
+        response = self.http.post(path, content=body, headers=headers)
+        response.raise_for_status()
+        return parse_infer_response(response.content, response.headers.get(BINARY_HEADER))
+
+
+def infer_request(x: np.ndarray, input_name: str, binary: bool) -> tuple[bytes, dict]:
+    x = np.ascontiguousarray(x, dtype="<f4")
+    tensor = {"name": input_name, "shape": list(x.shape), "datatype": "FP32"}
+    if not binary:
+        tensor["data"] = x.reshape(-1)
+        return orjson.dumps({"inputs": [tensor]}, option=orjson.OPT_SERIALIZE_NUMPY), {"Content-Type": "application/json"}
+    raw = x.tobytes()
+    tensor["parameters"] = {"binary_data_size": len(raw)}
+    header = orjson.dumps({"inputs": [tensor], "parameters": {"binary_data_output": True}})
+    return header + raw, {"Content-Type": "application/octet-stream", BINARY_HEADER: str(len(header))}
+
+
+def parse_infer_response(content: bytes, header_length: str | None) -> dict:
+    header = orjson.loads(content[: int(header_length)] if header_length else content)
+    binary, outputs = content[int(header_length):] if header_length else b"", {}
+    for tensor in header["outputs"]:
+        size = (tensor.get("parameters") or {}).get("binary_data_size")
+        if size is not None:
+            outputs[tensor["name"]] = np.frombuffer(binary[:size], "<f4").reshape(tensor["shape"])
+            binary = binary[size:]
+        else:
+            outputs[tensor["name"]] = np.asarray(tensor["data"], np.float32).reshape(tensor["shape"])
+    return {"model_version": header["model_version"], "outputs": outputs}

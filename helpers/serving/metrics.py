@@ -1,0 +1,25 @@
+"""The server's Prometheus metrics (served at /metrics; chapter 07 scrapes them). Each server has its own registry."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+
+
+class ServerMetrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        self.requests = Counter("inference_requests_total", "Requests answered, by model, version, endpoint and HTTP status",
+                                ["model", "version", "endpoint", "code"], registry=self.registry)
+        self.request_latency = Histogram("inference_request_duration_seconds", "Time from request to response, by endpoint",
+                                         ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.inference_latency = Histogram("inference_model_duration_seconds", "Time in the model (batch wait included), by model",
+                                           ["model", "version"], buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.batch_size = Histogram("inference_batch_size", "Rows per runtime call", ["model"],
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
+        self.queue_depth = Gauge("inference_queue_depth", "Requests waiting for a batch", ["model"], registry=self.registry)
+        self.model_loads = Counter("model_loads_total", "Model version loads, by result", ["model", "version", "result"],
+                                   registry=self.registry)
+        self.versions_available = Gauge("model_versions_available", "Versions able to answer, by model", ["model"],
+                                        registry=self.registry)

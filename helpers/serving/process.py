@@ -1,0 +1,93 @@
+"""Start an HTTP server process from a notebook or a test, wait until it answers, and always stop it.
+
+`running_server(repository, ...)` starts `python -m helpers.serving` on a free 127.0.0.1 port and yields a handle with
+its URL; leaving the `with` block (normally, on an error, or on a notebook interrupt) terminates the process group, so
+no orphan keeps a port. Output goes to `artifacts/logs/<name>-<port>.log`; if the process dies while starting, the
+error quotes the end of that log. Readiness is polled, never assumed after a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers import paths
+
+
+@dataclass(frozen=True)
+class RunningServer:
+    url: str
+    pid: int
+    log: Path
+    api_key: str | None = None
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"the server exited with code {process.returncode} while starting; end of {log}:\n"
+                               + log.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s; see {log}")
+
+
+def stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
+    if process.poll() is not None:
+        return
+    os.killpg(process.pid, signal.SIGTERM)  # the whole group: uvicorn, Flask's reloader-free server, their threads
+    try:
+        process.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+@contextmanager
+def running(command: list[str], ready_path: str, name: str, port: int, env: dict | None = None, timeout_s: float = 120.0):
+    """Run `command` (which must listen on 127.0.0.1:`port`) until the block ends; yields (url, process, log)."""
+    log = paths.artifacts() / "logs" / f"{name}-{port}.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    url = f"http://127.0.0.1:{port}"
+    with open(log, "wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                   env={**os.environ, **(env or {})}, cwd=paths.ROOT)
+    try:
+        wait_until_ready(url + ready_path, process, log, timeout_s)
+        yield url, process, log
+    finally:
+        stop(process)
+
+
+@contextmanager
+def running_server(repository: Path, batching: bool = False, api_key: str | None = None, name: str = "server", **options):
+    """The course's inference server on a free port. `options` are its command-line flags, e.g. batch_max_delay_ms=2."""
+    port = free_port()
+    command = [sys.executable, "-m", "helpers.serving", "--repository", str(repository), "--port", str(port)]
+    command += ["--batching"] if batching else []
+    for flag, value in options.items():
+        command += [f"--{flag.replace('_', '-')}", str(value)]
+    env = {"COURSE_SERVING_API_KEY": api_key or ""}
+    with running(command, "/v2/health/ready", name, port, env) as (url, process, log):
+        yield RunningServer(url, process.pid, log, api_key)

@@ -1,0 +1,204 @@
+"""Request parsing and response building for the two standard protocols, as pure functions (no web framework here).
+
+* TensorFlow Serving REST API: `{"instances": [...]}` (row format) or `{"inputs": ...}` (columnar format) in,
+  `{"predictions": [...]}` or `{"outputs": [...]}` out, errors as `{"error": "..."}`.
+* Open Inference Protocol (KServe v2): typed tensors `{"name", "shape", "datatype", "data"}`, including the binary tensor
+  data extension (a JSON header of `Inference-Header-Content-Length` bytes, then raw little-endian tensor bytes).
+
+Every malformed request becomes a RequestError with an HTTP status and a message that says what is wrong.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import orjson
+
+from helpers.serving.backends import TensorSpec
+
+BINARY_HEADER = "Inference-Header-Content-Length"
+V2_DATATYPES = {"FP32": np.float32}  # what these models take; anything else is refused by name
+
+
+class RequestError(Exception):
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status, self.message = status, message
+
+
+def parse_json(body: bytes):
+    if not body:
+        raise RequestError(400, "empty request body: expected a JSON object")
+    try:
+        document = orjson.loads(body)
+    except orjson.JSONDecodeError as error:
+        raise RequestError(400, f"malformed JSON ({error}); note that NaN and Infinity are not valid JSON") from None
+    if not isinstance(document, dict):
+        raise RequestError(400, f"expected a JSON object, got {type(document).__name__}")
+    return document
+
+
+def shape_text(shape) -> str:
+    return "[" + ", ".join("N" if d == -1 else str(d) for d in shape) + "]"
+
+
+def check_batch(x: np.ndarray, spec: TensorSpec, max_batch_size: int) -> np.ndarray:
+    """The checks every protocol shares: shape, batch size, finite values in [0, 1]."""
+    if x.ndim == 0 or tuple(x.shape[1:]) != tuple(spec.shape[1:]):
+        raise RequestError(400, f"input '{spec.name}' must have shape {shape_text(spec.shape)}, got {list(x.shape)}")
+    if len(x) == 0:
+        raise RequestError(400, "empty batch: send at least one instance")
+    if len(x) > max_batch_size:
+        raise RequestError(400, f"batch of {len(x)} instances exceeds this server's limit of {max_batch_size}")
+    if not np.isfinite(x).all():
+        raise RequestError(400, f"input '{spec.name}' contains NaN or infinity")
+    if x.min() < 0.0 or x.max() > 1.0:
+        raise RequestError(400, f"input '{spec.name}' has values outside [0, 1] (min {x.min():g}, max {x.max():g}): "
+                                "send pixels scaled to [0, 1], i.e. divided by 255")
+    return x
+
+
+def to_float_array(values, what: str) -> np.ndarray:
+    if isinstance(values, (str, bytes, dict)) or values is None:
+        raise RequestError(400, f"{what} must be an array of numbers, got {type(values).__name__}")
+    try:
+        array = np.asarray(values, dtype=np.float32)
+    except (ValueError, TypeError):
+        raise RequestError(400, f"{what} must be a rectangular array of numbers (found strings, objects or ragged rows)") from None
+    return array
+
+
+# --------------------------------------------------------------------------- TensorFlow Serving REST
+
+
+def tfs_inputs(document: dict, spec: TensorSpec, max_batch_size: int) -> tuple[np.ndarray, str]:
+    """(batch, "row" or "columnar") from a :predict request body."""
+    has_instances, has_inputs = "instances" in document, "inputs" in document
+    if has_instances == has_inputs:
+        raise RequestError(400, "a predict request needs exactly one of 'instances' (row format) or 'inputs' (columnar format)")
+    if has_instances:
+        instances = document["instances"]
+        if isinstance(instances, list) and instances and all(isinstance(i, dict) for i in instances):
+            if any(set(i) != {spec.name} for i in instances):
+                raise RequestError(400, f"each named instance must have exactly the input '{spec.name}'")
+            instances = [i[spec.name] for i in instances]
+        return check_batch(to_float_array(instances, "'instances'"), spec, max_batch_size), "row"
+    inputs = document["inputs"]
+    if isinstance(inputs, dict):
+        if set(inputs) != {spec.name}:
+            raise RequestError(400, f"'inputs' must name exactly the input '{spec.name}', got {sorted(inputs)}")
+        inputs = inputs[spec.name]
+    return check_batch(to_float_array(inputs, "'inputs'"), spec, max_batch_size), "columnar"
+
+
+def tfs_response(outputs: np.ndarray, layout: str) -> bytes:
+    key = "predictions" if layout == "row" else "outputs"
+    return orjson.dumps({key: outputs}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def tfs_status(versions: dict) -> dict:
+    """GET /v1/models/<model>: TF Serving's model_version_status list."""
+    return {"model_version_status": [
+        {"version": str(v), "state": s.state,
+         "status": {"error_code": "OK" if s.state == "AVAILABLE" else "UNKNOWN", "error_message": s.error}}
+        for v, s in sorted(versions.items(), reverse=True)]}
+
+
+def tfs_metadata(model: str, version: int, backend) -> dict:
+    def tensor_info(spec):
+        return {spec.name: {"dtype": "DT_FLOAT", "name": spec.name,
+                            "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknown_rank": False}}}
+
+    return {"model_spec": {"name": model, "signature_name": "", "version": str(version)},
+            "metadata": {"signature_def": {"signature_def": {"serving_default": {
+                "inputs": tensor_info(backend.input), "outputs": tensor_info(backend.output),
+                "method_name": "tensorflow/serving/predict"}}}}}
+
+
+# --------------------------------------------------------------------------- Open Inference Protocol (KServe v2)
+
+
+def split_binary(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """(JSON part, binary part) of a v2 request; without the header the whole body is JSON."""
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise RequestError(400, f"{BINARY_HEADER} must be an integer, got {header_length!r}") from None
+    if not 0 < length <= len(body):
+        raise RequestError(400, f"{BINARY_HEADER} is {length} but the body has {len(body)} bytes")
+    return body[:length], body[length:]
+
+
+def v2_inputs(document: dict, binary: bytes, spec: TensorSpec, max_batch_size: int) -> np.ndarray:
+    inputs = document.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise RequestError(400, f"'inputs' must be a list with exactly one tensor object, named '{spec.name}'")
+    tensor = inputs[0]
+    missing = [k for k in ("name", "shape", "datatype") if k not in tensor]
+    if missing:
+        raise RequestError(400, f"input tensor is missing {missing}")
+    if tensor["name"] != spec.name:
+        raise RequestError(400, f"unexpected inference input '{tensor['name']}': this model's input is '{spec.name}'")
+    if tensor["datatype"] not in V2_DATATYPES:
+        raise RequestError(400, f"input '{spec.name}' has datatype {tensor['datatype']!r}; this model takes {sorted(V2_DATATYPES)}")
+    shape = tensor["shape"]
+    if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
+        raise RequestError(400, f"'shape' must be a list of non-negative integers, got {shape!r}")
+    dtype = np.dtype(V2_DATATYPES[tensor["datatype"]]).newbyteorder("<")
+    count = math.prod(shape)
+    binary_size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if binary_size is not None:
+        if binary_size != len(binary) or binary_size != count * dtype.itemsize:
+            raise RequestError(400, f"binary_data_size is {binary_size}; the body carries {len(binary)} bytes after the JSON "
+                                    f"and shape {shape} needs {count * dtype.itemsize}")
+        if "data" in tensor:
+            raise RequestError(400, "an input has either 'data' or binary_data_size, not both")
+        values = np.frombuffer(binary, dtype=dtype).astype(np.float32)
+    else:
+        if binary:
+            raise RequestError(400, "the body has binary data but no input declares binary_data_size")
+        if "data" not in tensor:
+            raise RequestError(400, f"input '{spec.name}' has no 'data'")
+        values = to_float_array(tensor["data"], "'data'").reshape(-1)
+    if values.size != count:
+        raise RequestError(400, f"'data' has {values.size} elements but shape {shape} needs {count}")
+    return check_batch(values.reshape(shape), spec, max_batch_size)
+
+
+def v2_wants_binary(document: dict, output: TensorSpec) -> bool:
+    requested = document.get("outputs")
+    if requested is not None:
+        if not isinstance(requested, list) or any(not isinstance(o, dict) or o.get("name") != output.name for o in requested):
+            raise RequestError(400, f"'outputs' may only request '{output.name}'")
+        if any((o.get("parameters") or {}).get("binary_data") for o in requested):
+            return True
+    return bool((document.get("parameters") or {}).get("binary_data_output"))
+
+
+def v2_response(document: dict, model: str, version: int, output: TensorSpec, y: np.ndarray, binary: bool) -> tuple[bytes, dict]:
+    """(body, extra headers) of an inference response, JSON or with the output as binary data after the JSON."""
+    tensor = {"name": output.name, "datatype": "FP32", "shape": list(y.shape)}
+    raw = b""
+    if binary:
+        raw = np.ascontiguousarray(y, dtype="<f4").tobytes()
+        tensor["parameters"] = {"binary_data_size": len(raw)}
+    else:
+        tensor["data"] = y.reshape(-1)
+    response = {"model_name": model, "model_version": str(version), "outputs": [tensor]}
+    if "id" in document:
+        response["id"] = document["id"]
+    header = orjson.dumps(response, option=orjson.OPT_SERIALIZE_NUMPY)
+    if not binary:
+        return header, {}
+    return header + raw, {BINARY_HEADER: str(len(header))}
+
+
+def v2_metadata(model: str, versions: list[int], backend) -> dict:
+    def tensor(spec):
+        return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+    return {"name": model, "versions": [str(v) for v in versions], "platform": backend.platform,
+            "inputs": [tensor(backend.input)], "outputs": [tensor(backend.output)]}
