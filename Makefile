@@ -37,6 +37,10 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	@echo "Installing the pinned stack (a few minutes the first time) ..."
 	$(PY) -m pip install --quiet --progress-bar off -r requirements.txt
 	$(PY) -m pip install --quiet --progress-bar off --no-deps -e .
+	@# wrk, chapter 06's load generator, is a system package: installed here where apt-get can (as root), else explained
+	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  (apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)); } || \
+	  echo "Note: wrk is not installed (apt-get install wrk / brew install wrk); chapter 06 skips its load tests without it."
 	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 >/dev/null
 	@touch $(STAMP)

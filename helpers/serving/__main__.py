@@ -16,7 +16,7 @@ def parse_args(argv=None):
     from helpers.serving.app import Settings
 
     defaults = Settings(repository=Path("."))
-    parser = argparse.ArgumentParser(prog="python -m helpers.serving", description=__doc__.split(":")[1].strip())
+    parser = argparse.ArgumentParser(prog="python -m helpers.serving", description="Run the course's inference server (TF Serving REST and KServe v2 APIs) on uvicorn.")
     parser.add_argument("--repository", type=Path, required=True, help="model repository: <repository>/<model>/<version>/")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs an API key)")
     parser.add_argument("--port", type=int, default=8500)

@@ -48,13 +48,17 @@ class DynamicBatcher:
         batch = [await self.queue.get()]
         rows, deadline = len(batch[0].x), time.monotonic() + self.max_delay_s
         while rows < self.max_batch_size:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                break
             try:
-                item = await asyncio.wait_for(self.queue.get(), remaining)
-            except asyncio.TimeoutError:
-                break
+                item = self.queue.get_nowait()  # under load the next request is already waiting: no timer needed
+            except asyncio.QueueEmpty:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    async with asyncio.timeout(remaining):
+                        item = await self.queue.get()
+                except TimeoutError:
+                    break
             batch.append(item)
             rows += len(item.x)
         return [p for p in batch if not p.future.done()]  # cancelled while waiting: nobody wants the answer

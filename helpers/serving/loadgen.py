@@ -65,3 +65,8 @@ def run(url: str, body: bytes, headers: dict[str, str], connections: int, second
     return {"connections": connections, "requests": raw["requests"], "requests_per_s": raw["requests"] / (raw["duration_us"] / 1e6),
             "p50_ms": raw["p50_us"] / 1000, "p95_ms": raw["p95_us"] / 1000, "p99_ms": raw["p99_us"] / 1000,
             "errors": errors, "non_2xx": raw["non_2xx"]}
+
+
+def sweep(label: str, url: str, body: bytes, headers: dict[str, str], concurrencies, seconds: float) -> list[dict]:
+    """One `run` per concurrency level, each row labelled: the rows of the chapter's load-test table."""
+    return [{"server": label, **run(url, body, headers, c, seconds)} for c in concurrencies]

@@ -8,6 +8,8 @@ error quotes the end of that log. Readiness is polled, never assumed after a fix
 
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import signal
 import socket
@@ -73,18 +75,21 @@ def running(command: list[str], ready_path: str, name: str, port: int, env: dict
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, **(env or {})}, cwd=paths.ROOT)
+    stop_this = functools.partial(stop, process)
+    atexit.register(stop_this)  # also when the kernel shuts down with the block still open (a cell left it open)
     try:
         wait_until_ready(url + ready_path, process, log, timeout_s)
         yield url, process, log
     finally:
-        stop(process)
+        stop_this()
+        atexit.unregister(stop_this)
 
 
 @contextmanager
 def running_server(repository: Path, batching: bool = False, api_key: str | None = None, name: str = "server", **options):
     """The course's inference server on a free port. `options` are its command-line flags, e.g. batch_max_delay_ms=2."""
     port = free_port()
-    command = [sys.executable, "-m", "helpers.serving", "--repository", str(repository), "--port", str(port)]
+    command = [sys.executable, "-m", "helpers.serving", "--repository", str(Path(repository).resolve()), "--port", str(port)]
     command += ["--batching"] if batching else []
     for flag, value in options.items():
         command += [f"--{flag.replace('_', '-')}", str(value)]

@@ -74,6 +74,8 @@ def to_float_array(values, what: str) -> np.ndarray:
 
 def tfs_inputs(document: dict, spec: TensorSpec, max_batch_size: int) -> tuple[np.ndarray, str]:
     """(batch, "row" or "columnar") from a :predict request body."""
+    if document.get("signature_name", "serving_default") not in ("", "serving_default"):
+        raise RequestError(400, f"unknown signature_name {document['signature_name']!r}: this model has 'serving_default'")
     has_instances, has_inputs = "instances" in document, "inputs" in document
     if has_instances == has_inputs:
         raise RequestError(400, "a predict request needs exactly one of 'instances' (row format) or 'inputs' (columnar format)")

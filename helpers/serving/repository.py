@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -147,3 +148,17 @@ class ModelRepository:
     def ready(self) -> bool:
         with self.lock:
             return any(s.state == "AVAILABLE" for versions in self.models.values() for s in versions.values())
+
+
+def publish(source: Path, root: Path, model: str, version: int) -> Path:
+    """Copy an export folder into the repository as `<root>/<model>/<version>/`: under a hidden name first, then one
+    rename, so a watching server never sees half a version (TF Serving asks the same of whoever deploys)."""
+    if not valid_name(model):
+        raise ValueError(f"invalid model name {model!r}")
+    final = Path(root) / model / str(version)
+    staging = final.with_name(f".{version}.staging")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(source, staging)
+    shutil.rmtree(final, ignore_errors=True)
+    staging.rename(final)
+    return final
