@@ -89,3 +89,17 @@ def test_a_request_cancelled_while_waiting_is_dropped_from_its_batch():
     y, doomed = run(main())
     np.testing.assert_array_equal(y, [[2, 2]])
     assert doomed.cancelled() and model.calls == [1]
+
+
+def test_closing_answers_what_is_already_queued():
+    model = Recorder()
+
+    async def main():
+        batcher = DynamicBatcher(model, max_batch_size=1, max_delay_ms=1)
+        pending = [asyncio.ensure_future(batcher.submit(np.full((1, 2), i, np.float32))) for i in range(5)]
+        await asyncio.sleep(0)  # let them queue
+        await batcher.close()
+        return await asyncio.gather(*pending)
+
+    results = run(main())
+    assert [float(y[0, 0]) for y in results] == [0, 2, 4, 6, 8]

@@ -21,7 +21,9 @@ def parse_args(argv=None):
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs an API key)")
     parser.add_argument("--port", type=int, default=8500)
     parser.add_argument("--api-key-file", type=Path, help=f"file holding the API key (or set {API_KEY_ENV})")
-    parser.add_argument("--batching", action="store_true", help="gather concurrent requests into one runtime call")
+    parser.add_argument("--batching", action="store_true",
+                        help="gather concurrent requests into one runtime call (without it, each request runs the model at "
+                             "once, on the event loop: right for a model that answers in microseconds, wrong for a slow one)")
     parser.add_argument("--batch-max-size", type=int, default=defaults.batch_max_size, help="rows per runtime call")
     parser.add_argument("--batch-max-delay-ms", type=float, default=defaults.batch_max_delay_ms,
                         help="longest wait for a batch to fill")
@@ -29,6 +31,7 @@ def parse_args(argv=None):
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size, help="instances per request")
     parser.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
     parser.add_argument("--poll-interval-s", type=float, default=defaults.poll_interval_s, help="repository scan interval")
+    parser.add_argument("--max-connections", type=int, default=1000, help="beyond this many, new connections get 503")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -70,7 +73,7 @@ def main(argv=None) -> int:
                         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms,
                         poll_interval_s=args.poll_interval_s)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools")
+                loop="uvloop", http="httptools", limit_concurrency=args.max_connections)
     return 0
 
 

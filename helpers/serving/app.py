@@ -20,6 +20,8 @@ import numpy as np
 import orjson
 from fastapi import FastAPI, Request
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import Match, Route, Router
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -27,7 +29,7 @@ from helpers.serving import protocols
 from helpers.serving.batching import DynamicBatcher
 from helpers.serving.metrics import ServerMetrics
 from helpers.serving.protocols import RequestError
-from helpers.serving.repository import ModelNotFound, ModelRepository, VersionNotReady, valid_name
+from helpers.serving.repository import VERSION, ModelNotFound, ModelRepository, VersionNotReady, valid_name
 
 log = logging.getLogger("helpers.serving")
 SERVER_NAME, SERVER_VERSION = "deploy-dl-course", "1.0"
@@ -57,8 +59,8 @@ def json_response(document, status: int = 200, headers: dict | None = None) -> R
 def parse_version(text: str | None) -> int | None:
     if text is None:
         return None
-    if not text.isdigit():
-        raise RequestError(400, f"version must be a positive integer, got {text!r}")
+    if not VERSION.fullmatch(text):
+        raise RequestError(400, f"version must be a positive integer, got {text[:40]!r}")
     return int(text)
 
 
@@ -81,13 +83,14 @@ class Server:
         self.settings = settings
         self.metrics = ServerMetrics()
         self.repository = ModelRepository(settings.repository, on_load=self.count_load)
-        self.batchers: dict[tuple[str, int], DynamicBatcher] = {}
+        self.batchers: dict[int, tuple] = {}  # id(version state) -> (state, its batcher); the state is kept so its id stays unique
         self.stop = threading.Event()
 
     def count_load(self, model: str, version: int, ok: bool) -> None:
         self.metrics.model_loads.labels(model, str(version), "success" if ok else "failure").inc()
 
     def refresh_gauges(self) -> None:
+        self.metrics.versions_available.clear()  # models removed or unloaded disappear from the metric
         for model, versions in dict(self.repository.models).items():
             self.metrics.versions_available.labels(model).set(sum(s.state == "AVAILABLE" for s in versions.values()))
 
@@ -97,7 +100,8 @@ class Server:
         key = self.settings.api_key
         if key is None:
             return
-        given = request.headers.get("x-api-key") or request.headers.get("authorization", "").removeprefix("Bearer ").strip()
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        given = request.headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")
         if not hmac.compare_digest(given.encode(), key.encode()):  # constant time: no guessing the key byte by byte
             raise RequestError(401, "missing or invalid API key (send 'Authorization: Bearer <key>' or 'X-API-Key: <key>')")
 
@@ -140,18 +144,23 @@ class Server:
                 y = state.backend.predict(x)
         except TimeoutError:
             raise RequestError(504, f"inference took longer than {self.settings.request_timeout_s} s") from None
-        except Exception as error:  # the runtime refused the input: report it, keep serving
-            raise RequestError(400, f"the model could not run this input: {type(error).__name__}: {str(error)[:300]}") from None
+        except Exception as error:  # inputs were validated before, so this is the server's failure: 500, logged, keep serving
+            log.exception("inference failed for model %s version %d", model, state.version)
+            raise RequestError(500, f"inference failed: {type(error).__name__}: {str(error)[:300]}") from None
         self.metrics.child(self.metrics.inference_latency, model, str(state.version)).observe(time.perf_counter() - started)
         return np.asarray(y)
 
     def batcher(self, model: str, state) -> DynamicBatcher:
-        key = (model, state.version)
-        if key not in self.batchers:
+        """The batcher of this loaded version. A version reloaded under the same number is a new state with a new
+        backend, so batchers belong to states; those of states no longer loaded are closed here."""
+        if id(state) not in self.batchers:
+            live = {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
+            for key in [k for k in self.batchers if k not in live]:
+                asyncio.get_running_loop().create_task(self.batchers.pop(key)[1].close())
             histogram = self.metrics.child(self.metrics.batch_size, model)
-            self.batchers[key] = DynamicBatcher(state.backend.predict, self.settings.batch_max_size,
-                                                self.settings.batch_max_delay_ms, on_batch=histogram.observe)
-        return self.batchers[key]
+            self.batchers[id(state)] = (state, DynamicBatcher(state.backend.predict, self.settings.batch_max_size,
+                                                              self.settings.batch_max_delay_ms, on_batch=histogram.observe))
+        return self.batchers[id(state)][1]
 
     async def respond(self, endpoint: str, handler) -> Response:
         """Run a route's handler; turn RequestErrors into JSON errors; count and time every answer."""
@@ -162,6 +171,8 @@ class Server:
         except RequestError as error:
             response = json_response({"error": error.message}, error.status,
                                      headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
+        except ClientDisconnect:  # the client left mid-upload: nobody reads this answer, and it is not a server bug
+            response = json_response({"error": "client disconnected before sending the whole request"}, 400)
         except Exception as error:  # a bug must still answer, as JSON, and be logged
             log.exception("unexpected error in %s", endpoint)
             response = json_response({"error": f"internal error: {type(error).__name__}"}, 500)
@@ -181,11 +192,16 @@ def create_app(settings: Settings) -> FastAPI:
         server.repository.watch(settings.poll_interval_s, server.stop)
         yield
         server.stop.set()
-        for batcher in server.batchers.values():
+        for _, batcher in server.batchers.values():
             await batcher.close()
 
     app = FastAPI(title="deploy-dl-course inference server", version=SERVER_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.server = server
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, error: StarletteHTTPException):
+        """Unknown paths and wrong methods answer in the protocols' error shape too, not FastAPI's {"detail": ...}."""
+        return json_response({"error": f"{error.detail}: {request.method} {request.url.path[:200]}"}, error.status_code)
 
     # ------------------------------------------------------------------ health and metrics (open, no key needed)
 
@@ -208,9 +224,13 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
     async def empty(request: Request):
-        """A floor for load tests: read the body and answer, no parsing, no model."""
-        await request.body()
-        return Response(b"{}", media_type="application/json")
+        """A floor for load tests: the key check and the body read every inference does, no parsing, no model."""
+        async def handle(labels):
+            server.authorize(request)
+            await server.read_body(request)
+            return Response(b"{}", media_type="application/json")
+
+        return await server.respond("empty", handle)
 
     app.post("/empty")(empty)  # as a FastAPI endpoint: the framework's own floor
 
@@ -265,10 +285,17 @@ def create_app(settings: Settings) -> FastAPI:
         async def handle(labels):
             server.authorize(request)
             labels["model"] = check_model_name(model)
+            if endpoint == "v2_ready":
+                try:
+                    state = server.lookup(model, parse_version(version))
+                except RequestError as error:
+                    if error.status != 503:
+                        raise
+                    return json_response({"name": model, "ready": False}, 400)  # the protocol: not ready is a 4xx
+                labels["version"] = str(state.version)
+                return json_response({"name": model, "ready": True})
             state = server.lookup(model, parse_version(version))
             labels["version"] = str(state.version)
-            if endpoint == "v2_ready":
-                return json_response({"name": model, "ready": True})
             available = [v for v, s in server.repository.versions(model).items() if s.state == "AVAILABLE"]
             return json_response(protocols.v2_metadata(model, sorted(available), state.backend))
 

@@ -32,6 +32,7 @@ class DynamicBatcher:
         self.queue: asyncio.Queue[Pending] = asyncio.Queue()
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="batcher")  # one runtime call at a time
         self.worker: asyncio.Task | None = None
+        self.busy = False  # a batch is being computed
 
     def depth(self) -> int:
         return self.queue.qsize()
@@ -69,6 +70,7 @@ class DynamicBatcher:
             batch = await self.gather()
             if not batch:
                 continue
+            self.busy = True
             try:
                 outputs = await loop.run_in_executor(self.executor, self.predict, np.concatenate([p.x for p in batch]))
                 self.on_batch(sum(len(p.x) for p in batch))
@@ -80,6 +82,8 @@ class DynamicBatcher:
                         p.future.set_result(rows)
             except Exception:
                 await self.one_by_one(batch)
+            finally:
+                self.busy = False
 
     async def one_by_one(self, batch: list[Pending]) -> None:
         loop = asyncio.get_running_loop()
@@ -93,7 +97,12 @@ class DynamicBatcher:
                 if not p.future.done():
                     p.future.set_exception(error)
 
-    async def close(self) -> None:
+    async def close(self, drain_timeout_s: float = 30.0) -> None:
+        """Stop after answering what is already queued or running (a replaced model version finishes its requests)."""
+        deadline = time.monotonic() + drain_timeout_s
+        while (not self.queue.empty() or self.busy) and self.worker is not None and not self.worker.done() \
+                and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
         if self.worker is not None:
             self.worker.cancel()
         self.executor.shutdown(wait=False)

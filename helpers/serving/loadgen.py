@@ -8,6 +8,7 @@ it can. `available()` says whether it is there; the notebook says what it skips 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import tempfile
@@ -46,17 +47,18 @@ def run(url: str, body: bytes, headers: dict[str, str], connections: int, second
     `body` to `url` for `seconds`."""
     if urlsplit(url).hostname not in ("127.0.0.1", "localhost"):
         raise ValueError("load tests here only target 127.0.0.1")
-    if not available():
+    wrk = shutil.which("wrk")
+    if wrk is None:
         raise FileNotFoundError("wrk is not installed (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
     with tempfile.TemporaryDirectory() as tmp:
         script, body_file, headers_file = Path(tmp, "post.lua"), Path(tmp, "body"), Path(tmp, "headers")
         script.write_text(SCRIPT)
         body_file.write_bytes(body)
         headers_file.write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
-        command = ["wrk", f"-t{threads}", f"-c{max(connections, threads)}", f"-d{max(1, round(seconds))}s",
+        command = [wrk, f"-t{threads}", f"-c{max(connections, threads)}", f"-d{max(1, round(seconds))}s",
                    f"--timeout={max(1, round(timeout_s))}s", "-s", str(script), url]
         result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + timeout_s + 30,
-                                env={"WRK_BODY_FILE": str(body_file), "WRK_HEADERS_FILE": str(headers_file), "PATH": "/usr/bin:/bin"})
+                                env={**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_HEADERS_FILE": str(headers_file)})
     line = next((l for l in result.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed (exit {result.returncode}): {result.stderr[-1000:] or result.stdout[-1000:]}")

@@ -9,6 +9,7 @@ error quotes the end of that log. Readiness is polled, never assumed after a fix
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import os
 import signal
@@ -58,11 +59,14 @@ def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: 
 def stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
     if process.poll() is not None:
         return
-    os.killpg(process.pid, signal.SIGTERM)  # the whole group: uvicorn, Flask's reloader-free server, their threads
     try:
+        os.killpg(process.pid, signal.SIGTERM)  # the whole group: the server and anything it started
         process.wait(grace_s)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:  # it exited between poll() and the signal
         process.wait()
 
 

@@ -101,8 +101,10 @@ def tfs_response(outputs: np.ndarray, layout: str) -> bytes:
 
 def tfs_status(versions: dict) -> dict:
     """GET /v1/models/<model>: TF Serving's model_version_status list."""
+    # TF Serving's states are START, LOADING, AVAILABLE, UNLOADING, END: a version that failed to load is END, with its
+    # error in `status` (Triton's name for it, UNAVAILABLE, is what the v2 repository index reports)
     return {"model_version_status": [
-        {"version": str(v), "state": s.state,
+        {"version": str(v), "state": "AVAILABLE" if s.state == "AVAILABLE" else "END",
          "status": {"error_code": "OK" if s.state == "AVAILABLE" else "UNKNOWN", "error_message": s.error}}
         for v, s in sorted(versions.items(), reverse=True)]}
 
@@ -113,7 +115,7 @@ def tfs_metadata(model: str, version: int, backend) -> dict:
                             "tensor_shape": {"dim": [{"size": str(d), "name": ""} for d in spec.shape], "unknown_rank": False}}}
 
     return {"model_spec": {"name": model, "signature_name": "", "version": str(version)},
-            "metadata": {"signature_def": {"signature_def": {"serving_default": {
+            "metadata": {"signature_def": {"@type": "type.googleapis.com/tensorflow.serving.SignatureDefMap", "signature_def": {"serving_default": {
                 "inputs": tensor_info(backend.input), "outputs": tensor_info(backend.output),
                 "method_name": "tensorflow/serving/predict"}}}}}
 
@@ -144,14 +146,14 @@ def v2_inputs(document: dict, binary: bytes, spec: TensorSpec, max_batch_size: i
         raise RequestError(400, f"input tensor is missing {missing}")
     if tensor["name"] != spec.name:
         raise RequestError(400, f"unexpected inference input '{tensor['name']}': this model's input is '{spec.name}'")
-    if tensor["datatype"] not in V2_DATATYPES:
+    if not isinstance(tensor["datatype"], str) or tensor["datatype"] not in V2_DATATYPES:
         raise RequestError(400, f"input '{spec.name}' has datatype {tensor['datatype']!r}; this model takes {sorted(V2_DATATYPES)}")
     shape = tensor["shape"]
     if not isinstance(shape, list) or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape):
         raise RequestError(400, f"'shape' must be a list of non-negative integers, got {shape!r}")
     dtype = np.dtype(V2_DATATYPES[tensor["datatype"]]).newbyteorder("<")
     count = math.prod(shape)
-    binary_size = (tensor.get("parameters") or {}).get("binary_data_size")
+    binary_size = parameters(tensor, "input").get("binary_data_size")
     if binary_size is not None:
         if binary_size != len(binary) or binary_size != count * dtype.itemsize:
             raise RequestError(400, f"binary_data_size is {binary_size}; the body carries {len(binary)} bytes after the JSON "
@@ -170,14 +172,23 @@ def v2_inputs(document: dict, binary: bytes, spec: TensorSpec, max_batch_size: i
     return check_batch(values.reshape(shape), spec, max_batch_size)
 
 
+def parameters(obj: dict, what: str) -> dict:
+    value = obj.get("parameters") or {}
+    if not isinstance(value, dict):
+        raise RequestError(400, f"the {what}'s 'parameters' must be a JSON object")
+    return value
+
+
 def v2_wants_binary(document: dict, output: TensorSpec) -> bool:
+    """An output's own `binary_data` parameter wins; otherwise the request's `binary_data_output` decides."""
+    default = bool(parameters(document, "request").get("binary_data_output", False))
     requested = document.get("outputs")
-    if requested is not None:
-        if not isinstance(requested, list) or any(not isinstance(o, dict) or o.get("name") != output.name for o in requested):
-            raise RequestError(400, f"'outputs' may only request '{output.name}'")
-        if any((o.get("parameters") or {}).get("binary_data") for o in requested):
-            return True
-    return bool((document.get("parameters") or {}).get("binary_data_output"))
+    if requested is None:
+        return default
+    if not isinstance(requested, list) or any(not isinstance(o, dict) or o.get("name") != output.name for o in requested):
+        raise RequestError(400, f"'outputs' may only request '{output.name}'")
+    choices = [parameters(o, "output").get("binary_data") for o in requested]
+    return bool(next((c for c in choices if c is not None), default))
 
 
 def v2_response(document: dict, model: str, version: int, output: TensorSpec, y: np.ndarray, binary: bool) -> tuple[bytes, dict]:

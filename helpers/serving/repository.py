@@ -19,6 +19,7 @@ from pathlib import Path
 from helpers.serving.backends import Backend, load_backend
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # no path separators, no leading dot, no ".."
+VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits only ("²".isdigit() is True), and small enough for an int64
 log = logging.getLogger("helpers.serving")
 
 
@@ -55,26 +56,36 @@ class ModelRepository:
         self.root = Path(root)
         self.models: dict[str, dict[int, VersionState]] = {}
         self.unloaded: set[str] = set()
-        self.lock = threading.Lock()
+        self.lock = threading.Lock()  # guards `models` for readers: held for a dictionary swap, never during a load
+        self.scan_lock = threading.Lock()  # one scan, load or unload at a time (the watch thread and the admin routes)
         self.on_load = on_load or (lambda model, version, ok: None)  # metrics hook
 
     # ------------------------------------------------------------------ scanning and loading
 
     def scan(self) -> None:
-        """Load new or changed versions, retry failed ones whose files changed, drop versions whose folder is gone."""
-        if not self.root.is_dir():
-            return
-        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and valid_name(p.name)):
-            if model_dir.name not in self.unloaded:
-                self.scan_model(model_dir.name)
+        """Load new or changed versions, retry failed ones whose files changed, drop versions (and models) whose folder
+        is gone. A problem with one model is logged and does not stop the others."""
+        on_disk = {p.name for p in self.root.iterdir() if p.is_dir() and valid_name(p.name)} if self.root.is_dir() else set()
+        with self.scan_lock:
+            for model in sorted(on_disk | set(self.models)):
+                if model in self.unloaded:
+                    continue
+                try:
+                    self.scan_model(model)
+                except Exception:
+                    log.exception("scanning model %s failed; the versions already loaded keep serving", model)
 
     def scan_model(self, model: str) -> None:
+        """(Re)load one model's versions; call with `scan_lock` held."""
         model_dir = self.root / model
-        on_disk = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()} if model_dir.is_dir() else {}
+        on_disk = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and VERSION.fullmatch(p.name)} if model_dir.is_dir() else {}
         known = dict(self.models.get(model, {}))
         for version, directory in sorted(on_disk.items()):
+            try:
+                marks = fingerprint(directory)
+            except FileNotFoundError:  # a file vanished while we looked (a version being replaced): next scan
+                continue
             current = known.get(version)
-            marks = fingerprint(directory)
             if current is not None and current.fingerprint == marks:
                 continue
             known[version] = self.load_version(model, version, directory, marks)
@@ -82,7 +93,10 @@ class ModelRepository:
             known.pop(version)
             log.info("model %s version %d: folder removed, unloaded", model, version)
         with self.lock:
-            self.models[model] = known
+            if known:
+                self.models[model] = known
+            elif self.models.pop(model, None) is not None:
+                log.info("model %s: folder removed, unloaded", model)
 
     def load_version(self, model: str, version: int, directory: Path, marks: tuple) -> VersionState:
         try:
@@ -98,17 +112,19 @@ class ModelRepository:
 
     def load(self, model: str) -> None:
         """Operators' explicit load: (re)scan one model even if it was unloaded."""
-        if not (self.root / model).is_dir():
+        if not valid_name(model) or not (self.root / model).is_dir():
             raise ModelNotFound(f"model '{model}' is not in the repository")
-        self.unloaded.discard(model)
-        self.scan_model(model)
+        with self.scan_lock:
+            self.unloaded.discard(model)
+            self.scan_model(model)
 
     def unload(self, model: str) -> None:
-        if model not in self.models:
-            raise ModelNotFound(f"model '{model}' is not loaded")
-        self.unloaded.add(model)
-        with self.lock:
-            self.models.pop(model)
+        with self.scan_lock:
+            if model not in self.models:
+                raise ModelNotFound(f"model '{model}' is not loaded")
+            self.unloaded.add(model)
+            with self.lock:
+                self.models.pop(model)
 
     def watch(self, interval_s: float, stop: threading.Event) -> threading.Thread:
         """Scan every `interval_s` seconds in a background thread until `stop` is set (TF Serving polls the same way)."""
@@ -156,9 +172,12 @@ def publish(source: Path, root: Path, model: str, version: int) -> Path:
     if not valid_name(model):
         raise ValueError(f"invalid model name {model!r}")
     final = Path(root) / model / str(version)
-    staging = final.with_name(f".{version}.staging")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging, old = final.with_name(f".{version}.staging"), final.with_name(f".{version}.old")
+    for leftover in (staging, old):
+        shutil.rmtree(leftover, ignore_errors=True)
     shutil.copytree(source, staging)
-    shutil.rmtree(final, ignore_errors=True)
+    if final.exists():
+        final.rename(old)  # replaced by two renames, not a slow delete: the version is missing for microseconds
     staging.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
     return final
