@@ -62,12 +62,13 @@ def compare(runtimes: dict[str, dict], single, batch, repeats: int = 200, second
     return pd.DataFrame(rows).T[COMPARISON_COLUMNS]
 
 
-def pareto_front(accuracy, latency) -> np.ndarray:
-    """A boolean mask of the variants no other variant beats on both counts (at least as accurate and at least as fast,
-    strictly better on one): the only ones worth shipping if accuracy and latency are all that matter."""
+def pareto_front(accuracy, latency, tolerance: float = 0.0) -> np.ndarray:
+    """A boolean mask of the variants no other variant beats on both counts: at least as fast and at least as accurate,
+    and strictly better on one, where accuracies closer than `tolerance` count as equal (differences within the noise of
+    the test set should not decide what ships)."""
     accuracy, latency = np.asarray(accuracy, float), np.asarray(latency, float)
     dominated = [
-        bool(np.any((accuracy >= a) & (latency <= t) & ((accuracy > a) | (latency < t))))
+        bool(np.any((latency <= t) & (accuracy >= a - tolerance) & ((latency < t) | (accuracy > a + tolerance))))
         for a, t in zip(accuracy, latency)
     ]
     return ~np.array(dominated, dtype=bool)

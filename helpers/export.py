@@ -213,6 +213,13 @@ def load_executorch(directory: Path):
     return Runtime.get().load_program(str(Path(directory) / "model.pte")).load_method("forward")
 
 
+def executorch_threads() -> int:
+    """The size of ExecuTorch's XNNPACK thread pool (it sizes itself to the machine; reported, not set)."""
+    from executorch.extension.pybindings import portable_lib
+
+    return int(portable_lib._threadpool_get_thread_count())
+
+
 def executorch_predictor(method):
     """ExecuTorch programs here take one image at a time: loop over a batch."""
     import torch
@@ -245,7 +252,7 @@ def current_export(fmt: str, name: str, version: int, card: dict, build) -> Path
     """
     directory = export_dir(fmt, name, version)
     try:
-        made_from = verify_manifest(directory)["source_card"].get("file_sha256")
+        made_from = (verify_manifest(directory).get("source_card") or {}).get("file_sha256")
         if made_from == card["file_sha256"]:
             return directory
         reason = "it was exported from a different model"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import textwrap
+
 import matplotlib.pyplot as plt
 from matplotlib.ticker import EngFormatter
 import numpy as np
@@ -83,8 +85,11 @@ def tradeoff(table, front, accuracy="accuracy", latency="p50_ms", size="size (kB
     for i, (label, row) in enumerate(shown.sort_values(latency).iterrows()):
         ax.annotate(label, (float(row[latency]), 100 * float(row[accuracy])), fontsize=7, xytext=(6, 6 if i % 2 else -10),
                     textcoords="offset points", fontweight="bold" if row["_front"] else "normal")
-    best = table[table["_front"]].sort_values(latency)
+    best = shown[shown["_front"]].sort_values(latency)  # the front within the window; members below it are listed under the plot
     ax.plot(best[latency].astype(float), 100 * best[accuracy].astype(float), "k--", linewidth=1, label="Pareto front (bold labels)")
+    y = 100 * shown[accuracy].astype(float)
+    margin = max(0.05, 0.1 * (y.max() - y.min()))
+    ax.set_ylim(y.min() - margin, y.max() + margin)
     ax.set_xscale("log")
     ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x:g}"))
     ax.xaxis.set_minor_formatter(FuncFormatter(lambda x, _: f"{x:g}" if f"{x:.0e}"[0] in "25" else ""))  # 0.02, 0.05, ...
@@ -94,7 +99,8 @@ def tradeoff(table, front, accuracy="accuracy", latency="p50_ms", size="size (kB
     ax.legend(fontsize=8, loc="lower right", markerscale=0.4)
     hidden = table.drop(shown.index)
     if len(hidden):
-        ax.text(0.0, -0.12, "below the window: " + ", ".join(f"{n} ({100 * float(a):.2f} %)" for n, a in hidden[accuracy].items()),
-                transform=ax.transAxes, fontsize=8)
-    fig.tight_layout()
+        note = "below the window: " + ", ".join(f"{n} ({100 * float(a):.2f} %{', on the front' if f else ''})"
+                                                 for n, a, f in zip(hidden.index, hidden[accuracy], hidden["_front"]))
+        fig.text(0.01, 0.01, textwrap.fill(note, 180), fontsize=8, va="bottom")
+    fig.tight_layout(rect=(0, 0.05 if len(hidden) else 0, 1, 1))
     return fig

@@ -42,8 +42,9 @@ def test_symmetric_quantization_has_zero_point_zero_and_per_channel_is_never_wor
 
 
 @pytest.mark.parametrize("per_channel", [True, False])
-def test_the_integer_matmul_equals_the_float_product_of_the_dequantized_operands(per_channel):
-    x, w = RNG.uniform(0, 3, size=(20, 64)), RNG.normal(size=(10, 64))
+@pytest.mark.parametrize("low", [0.0, -2.0])  # ReLU features (zero point -128) and mixed-sign activations
+def test_the_integer_matmul_equals_the_float_product_of_the_dequantized_operands(per_channel, low):
+    x, w = RNG.uniform(low, 3, size=(20, 64)), RNG.normal(size=(10, 64))
     x_scale, x_zero = quantize.affine_params(x.min(), x.max())
     qw, w_scale = quantize.per_channel_symmetric(w) if per_channel else quantize.per_tensor_symmetric(w)
     dequantized_w = quantize.dequantize(qw, w_scale[:, None] if per_channel else w_scale, 0).astype(np.float64)
@@ -51,6 +52,14 @@ def test_the_integer_matmul_equals_the_float_product_of_the_dequantized_operands
     result = quantize.integer_matmul(x, w, per_channel=per_channel)
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4)  # exact integers, one float32 rescale
     assert np.abs(result - x @ w.T).max() < 0.05 * np.abs(x @ w.T).max()
+
+
+def test_the_integer_matmul_uses_a_given_calibration_range_and_clips_beyond_it():
+    x, w = RNG.uniform(0, 1, size=(5, 16)), RNG.normal(size=(3, 16))
+    x[0, 0] = 10.0  # an outlier beyond the calibrated range [0, 1]
+    result = quantize.integer_matmul(x, w, x_range=(0.0, 1.0))
+    clipped = np.minimum(x, 1.0)
+    assert np.abs(result - clipped @ w.T).max() < 0.05 * np.abs(clipped @ w.T).max()
 
 
 def test_calibration_images_are_a_reproducible_sample_of_the_given_training_images():
@@ -96,7 +105,9 @@ def test_tflite_variants_are_smaller_faithful_and_refuse_a_changed_file(artifact
         manifest = integrity.verify_manifest(directory)
         assert manifest["quantization"] == mode and manifest["source_card"] == CARD
         interpreter = quantize.load_tflite(directory)
-        result = quantize.tflite_predictor(interpreter)(x)
+        predict = quantize.tflite_predictor(interpreter)
+        np.testing.assert_allclose(predict(x[:1]), predict(x)[:1], atol=1e-6)  # the batch is resized both ways
+        result = predict(x)
         assert result.shape == reference.shape and result.dtype == np.float32
         assert close_to(reference, result, 1e-5 if mode == "fp32" else 0.1), mode
         sizes[mode] = integrity.total_bytes(manifest)
@@ -144,11 +155,30 @@ def test_quantization_aware_training_trains_a_copy_and_leaves_the_source_model_a
     before = {k: v.clone() for k, v in torch_source.state_dict().items()}
     x = training.images_for("torch", UINT8_IMAGES)
     prepared = quantize.prepare_qat_pt2e(torch_source, weight_bits=3)
+    start = [p.detach().clone() for p in prepared.parameters()]
     recipe = training.Recipe(epochs=1, batch_size=16, peak_lr=1e-2, seed=0)
     history = training.train_torch(prepared, x, np.arange(64) % 10, None, None, recipe, run_dir=None)
     assert len(history.rows) == 1 and history.rows[0]["val_loss"] is None
+    assert any(not torch.equal(a, b) for a, b in zip(start, prepared.parameters()))  # training moved the weights
     assert all(torch.equal(before[k], v) for k, v in torch_source.state_dict().items())
-    assert eager(quantize.convert_qat(prepared), x).shape == (64, 10)
+    converted = quantize.convert_qat(prepared)
+    assert eager(converted, x).shape == (64, 10)
+    assert 0 < max_levels_per_channel(converted) <= 7  # 3-bit weights: at most 7 values (-3..3) per channel
+
+
+def max_levels_per_channel(graph_module) -> int:
+    """The most distinct integer values any output channel of any int8 weight constant holds in a converted graph."""
+    levels = 0
+    for name, tensor in list(graph_module.named_buffers()) + list(graph_module.named_parameters()):
+        if tensor.dtype == torch.int8 and tensor.ndim >= 2:
+            levels = max(levels, max(len(torch.unique(row)) for row in tensor.reshape(tensor.shape[0], -1)))
+    return levels
+
+
+def test_ptq_honours_the_weight_bit_width(torch_source):
+    x = training.images_for("torch", UINT8_IMAGES)
+    assert max_levels_per_channel(quantize.ptq_pt2e(torch_source, x, weight_bits=3)) <= 7
+    assert max_levels_per_channel(quantize.ptq_pt2e(torch_source, x)) > 7
 
 
 # --------------------------------------------------------------------------- reuse of earlier exports, bench helpers
@@ -174,6 +204,26 @@ def test_the_pareto_front_keeps_exactly_the_undominated_points():
     latency = [1.0, 2.0, 3.0, 5.0, 0.5]
     assert bench.pareto_front(accuracy, latency).tolist() == [True, True, False, True, True]
     assert bench.pareto_front([0.9, 0.9], [1.0, 1.0]).tolist() == [True, True]  # ties dominate neither
+    # within the tolerance, a slightly more accurate but slower variant no longer counts as better
+    assert bench.pareto_front([0.9858, 0.9857], [2.0, 1.0]).tolist() == [True, True]
+    assert bench.pareto_front([0.9858, 0.9857], [2.0, 1.0], tolerance=0.001).tolist() == [False, True]
+
+
+def test_the_tradeoff_plot_keeps_its_axis_on_the_window_and_lists_the_rest():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import pandas as pd
+
+    from helpers import plots
+
+    table = pd.DataFrame({"accuracy": [0.985, 0.984, 0.90], "p50_ms": [0.02, 0.01, 0.005], "size (kB)": [200, 60, 50],
+                          "runtime": ["a", "b", "b"]}, index=["big", "small", "fast but bad"])
+    front = bench.pareto_front(table["accuracy"], table["p50_ms"])
+    fig = plots.tradeoff(table, front)
+    low, high = fig.axes[0].get_ylim()
+    assert low > 90 and high < 100  # the inaccurate variant does not stretch the axis
+    assert any("fast but bad" in t.get_text() for t in fig.texts)
 
 
 def test_onnx_operator_times_come_from_the_runtime_profiler(artifacts_in_tmp, torch_source):
