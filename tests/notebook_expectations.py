@@ -88,7 +88,7 @@ EXPECTATIONS = {
     "06_serving": {
         # four ways in (TF Serving rows/columns, v2 JSON/binary), one answer, equal to ONNX Runtime called directly
         "protocol_agreement": ("==", 1.0),
-        "bad_requests_answered_4xx": ("==", 6),
+        "bad_requests_answered_4xx": ("==", 7),
         # hot reload under traffic: nothing failed, the corrupt version never answered, the new one did
         "hot_reload_failed": ("==", 0),
         "hot_reload_answered_by_v3": ("==", 0),
