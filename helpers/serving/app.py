@@ -319,21 +319,15 @@ def create_app(settings: Settings) -> FastAPI:
 
         return await server.respond("v2_infer", handle)
 
-    @app.get("/v2/models/{model}")
-    async def v2_metadata(model: str, request: Request):
-        return await v2_model(request, model, None, "v2_metadata")
+    async def model_metadata(request: Request):
+        return await v2_model(request, request.path_params["model"], request.path_params.get("version"), "v2_metadata")
 
-    @app.get("/v2/models/{model}/versions/{version}")
-    async def v2_version_metadata(model: str, version: str, request: Request):
-        return await v2_model(request, model, version, "v2_metadata")
+    async def model_ready(request: Request):
+        return await v2_model(request, request.path_params["model"], request.path_params.get("version"), "v2_ready")
 
-    @app.get("/v2/models/{model}/ready")
-    async def v2_ready(model: str, request: Request):
-        return await v2_model(request, model, None, "v2_ready")
-
-    @app.get("/v2/models/{model}/versions/{version}/ready")
-    async def v2_version_ready(model: str, version: str, request: Request):
-        return await v2_model(request, model, version, "v2_ready")
+    for version_part in ("", "/versions/{version}"):  # each endpoint, for the latest version and for an explicit one
+        app.add_route(f"/v2/models/{{model}}{version_part}", model_metadata, methods=["GET"])
+        app.add_route(f"/v2/models/{{model}}{version_part}/ready", model_ready, methods=["GET"])
 
     async def infer(request: Request):
         return await v2_infer(request, request.path_params["model"], request.path_params.get("version"))
