@@ -233,3 +233,19 @@ def detection_rate(test, reference, pool: np.ndarray, window: int, windows: int,
         rows = pool[rng.choice(len(pool), size=window, replace=False)]
         flagged += test(reference, rows) < alpha
     return flagged / windows
+
+
+def severity_for_drop(accuracy_at, target_drop: float, low: float, high: float, iterations: int = 12) -> float:
+    """The severity at which `accuracy_at(severity)` falls `target_drop` below `accuracy_at(0)`, by bisection between
+    `low` and `high` (accuracy must fall as severity grows). Calibrates each shift to the harm it does, e.g. the
+    "1-point" severity that costs the model one percentage point."""
+    clean = accuracy_at(0.0)
+    if clean - accuracy_at(high) < target_drop:
+        raise ValueError(f"even severity {high} costs less than {target_drop:.3f}; raise `high`")
+    for _ in range(iterations):
+        middle = (low + high) / 2
+        if clean - accuracy_at(middle) < target_drop:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2

@@ -80,3 +80,10 @@ def test_pca_embeds_into_the_requested_dimensions():
     pca = monitoring.PCA(x, 5)
     assert pca(x[:7]).shape == (7, 5)
     np.testing.assert_allclose(pca(x).mean(axis=0), 0, atol=1e-9)
+
+
+def test_severity_calibration_finds_the_level_that_costs_the_target_drop():
+    accuracy_at = lambda severity: 0.99 - 0.02 * severity  # a made-up model losing 2 points per unit of severity
+    assert monitoring.severity_for_drop(accuracy_at, 0.01, 0.0, 4.0) == pytest.approx(0.5, abs=1e-3)
+    with pytest.raises(ValueError, match="raise `high`"):
+        monitoring.severity_for_drop(accuracy_at, 0.5, 0.0, 1.0)
