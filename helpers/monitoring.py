@@ -31,7 +31,8 @@ def prometheus_available() -> bool:
 
 def write_config(path: Path, targets: list[str], scrape_interval_s: float = 1.0, rules: Path | None = RULES) -> Path:
     """A minimal prometheus.yml: scrape `targets` (host:port) every `scrape_interval_s`, evaluate `rules` as often."""
-    lines = ["global:", f"  scrape_interval: {scrape_interval_s}s", f"  evaluation_interval: {scrape_interval_s}s"]
+    interval = f"{round(scrape_interval_s * 1000)}ms"  # Prometheus durations take integers: "1000ms", not "1.0s"
+    lines = ["global:", f"  scrape_interval: {interval}", f"  evaluation_interval: {interval}"]
     if rules is not None:
         lines += ["rule_files:", f"  - {Path(rules).resolve()}"]
     lines += ["scrape_configs:", "  - job_name: inference-server", "    static_configs:",
