@@ -161,33 +161,80 @@ def class_prior_shift(labels: np.ndarray, boosted: int, weight: float, n: int, r
 
 
 # --------------------------------------------------------------------------- detectors
+#
+# A detector is built from a reference sample (what the model saw when it was known to work) and called on a window of
+# production rows; it returns a p-value: how likely a window at least this different would be if nothing had changed.
+# Flagging windows with p < alpha gives false alarms on about alpha of undrifted windows, by construction.
+
+
+class KSDetector:
+    """Kolmogorov-Smirnov on each column (class probability, embedding coordinate), Bonferroni-corrected.
+
+    KS compares two empirical CDFs: its statistic D is the largest vertical gap between them. Each column gets a
+    p-value; Bonferroni multiplies the smallest by the number of columns, so that checking k columns does not give k
+    chances of a false alarm. The reference is sorted once, so a window costs a few searchsorted calls."""
+
+    def __init__(self, reference: np.ndarray):
+        self.reference = np.sort(np.asarray(reference, np.float64).reshape(len(reference), -1), axis=0)
+
+    def statistics(self, window: np.ndarray) -> np.ndarray:
+        window = np.sort(np.asarray(window, np.float64).reshape(len(window), -1), axis=0)
+        n, m = len(self.reference), len(window)
+        d = np.empty(window.shape[1])
+        for j in range(window.shape[1]):  # the CDFs are compared at every point of both samples
+            points = np.concatenate([self.reference[:, j], window[:, j]])
+            gap = np.searchsorted(self.reference[:, j], points, "right") / n - np.searchsorted(window[:, j], points, "right") / m
+            d[j] = np.abs(gap).max()
+        return d
+
+    def __call__(self, window: np.ndarray) -> float:
+        from scipy import stats
+
+        n, m = len(self.reference), len(window)
+        d = self.statistics(window)
+        # the smallest p-value belongs to the largest D; scipy's ks_2samp(method="asymp") computes it the same way
+        p = stats.kstwo.sf(d.max(), round(n * m / (n + m)))
+        return float(min(1.0, p * len(d)))
 
 
 def ks_test(reference: np.ndarray, window: np.ndarray) -> float:
-    """Kolmogorov-Smirnov on each column (class probability, embedding coordinate), Bonferroni-corrected: the p-value
-    that no column changed distribution. Bonferroni multiplies the smallest p-value by the number of tests, so that
-    checking k columns does not give k chances of a false alarm."""
-    from scipy import stats
-
-    reference, window = np.atleast_2d(reference.T).T, np.atleast_2d(window.T).T
-    p = min(stats.ks_2samp(reference[:, j], window[:, j]).pvalue for j in range(reference.shape[1]))
-    return float(min(1.0, p * reference.shape[1]))
+    """One-off KS test (Bonferroni over columns); build a KSDetector to test many windows against one reference."""
+    return KSDetector(reference)(window)
 
 
 def psi(reference_classes: np.ndarray, window_classes: np.ndarray, n_classes: int = 10, floor: float = 1e-4) -> float:
     """Population Stability Index of the predicted-class distribution: sum (q - p) ln(q / p). Rules of thumb read
-    < 0.1 as stable and > 0.25 as a major shift; here its threshold is calibrated on undrifted windows instead."""
+    < 0.1 as stable and > 0.25 as a major shift; PSIDetector calibrates the threshold for the window size instead."""
     p = np.maximum(np.bincount(reference_classes, minlength=n_classes) / len(reference_classes), floor)
     q = np.maximum(np.bincount(window_classes, minlength=n_classes) / len(window_classes), floor)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
+class PSIDetector:
+    """PSI of the predicted classes with a p-value: how often windows of the same size drawn from the reference itself
+    (a bootstrap) reach the observed PSI. A fixed "0.25" threshold would flag most small windows by chance alone."""
+
+    def __init__(self, reference_classes: np.ndarray, draws: int = 1000, seed: int = 0):
+        self.reference, self.draws, self.seed = np.asarray(reference_classes), draws, seed
+        self.null: dict[int, np.ndarray] = {}  # window size -> PSI of `draws` undrifted windows
+
+    def __call__(self, window_classes: np.ndarray) -> float:
+        m = len(window_classes)
+        if m not in self.null:
+            rng = np.random.default_rng(self.seed)
+            self.null[m] = np.array([psi(self.reference, rng.choice(self.reference, m)) for _ in range(self.draws)])
+        return float((np.sum(self.null[m] >= psi(self.reference, window_classes)) + 1) / (self.draws + 1))
+
+
+def gaussian_kernel(z: np.ndarray, bandwidth: float) -> np.ndarray:
+    sq = np.sum(z**2, axis=1)
+    return np.exp(-np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0) / (2 * bandwidth**2))
+
+
 def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
     """Squared maximum mean discrepancy with a Gaussian kernel (biased estimate): how far apart two samples' mean
     embeddings are in the kernel's feature space; 0 for identical distributions."""
-    z = np.concatenate([x, y])
-    sq = np.sum(z**2, axis=1)
-    k = np.exp(-np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0) / (2 * bandwidth**2))
+    k = gaussian_kernel(np.concatenate([x, y]), bandwidth)
     n = len(x)
     return float(k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean())
 
@@ -198,18 +245,25 @@ def median_bandwidth(x: np.ndarray) -> float:
     return float(np.median(d[np.triu_indices(len(x), 1)])) or 1.0
 
 
-def mmd_test(reference: np.ndarray, window: np.ndarray, permutations: int = 100, seed: int | None = None,
-             bandwidth: float | None = None) -> float:
-    """Permutation p-value of the MMD: how often shuffling the pooled samples gives a discrepancy at least as large."""
-    rng = np.random.default_rng(seed)
-    bandwidth = bandwidth or median_bandwidth(reference)
-    observed = mmd2(reference, window, bandwidth)
-    pooled, n = np.concatenate([reference, window]), len(reference)
-    count = 0
-    for _ in range(permutations):
-        order = rng.permutation(len(pooled))
-        count += mmd2(pooled[order[:n]], pooled[order[n:]], bandwidth) >= observed
-    return float((count + 1) / (permutations + 1))
+class MMDDetector:
+    """MMD with a permutation test: how often shuffling the pooled samples gives a discrepancy at least as large.
+    Multivariate (it sees changes in how coordinates move together, which per-column KS misses), but each window costs
+    a kernel matrix over reference + window, so the reference is kept small."""
+
+    def __init__(self, reference: np.ndarray, permutations: int = 200, seed: int = 0):
+        self.reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
+        self.bandwidth = median_bandwidth(self.reference)
+        self.permutations, self.rng = permutations, np.random.default_rng(seed)
+
+    def __call__(self, window: np.ndarray) -> float:
+        window = np.asarray(window, np.float64).reshape(len(window), -1)
+        k = gaussian_kernel(np.concatenate([self.reference, window]), self.bandwidth)
+        n, m = len(self.reference), len(window)
+        # With weights a = (1/n for one group, -1/m for the other), MMD^2 = a.K.a: all permutations in one product.
+        weights = np.concatenate([np.full(n, 1 / n), np.full(m, -1 / m)])
+        a = np.stack([weights] + [weights[self.rng.permutation(n + m)] for _ in range(self.permutations)])
+        statistics = np.einsum("ij,ij->i", a @ k, a)
+        return float((np.sum(statistics[1:] >= statistics[0] - 1e-12) + 1) / (self.permutations + 1))
 
 
 class PCA:
@@ -225,15 +279,71 @@ class PCA:
         return (x.reshape(len(x), -1).astype(np.float64) - self.mean) @ self.components.T
 
 
-def detection_rate(test, reference, pool: np.ndarray, window: int, windows: int, alpha: float = 0.05, seed: int = 0) -> float:
-    """The fraction of `windows` random windows of `window` rows from `pool` that `test(reference, window_rows)`
-    flags at level `alpha`: the detector's power on drifted data, or its false-alarm rate on undrifted data."""
+def detection_rate(detector, pool: np.ndarray, window: int, windows: int, alpha: float = 0.05, seed: int = 0) -> float:
+    """The fraction of `windows` random windows of `window` rows from `pool` that `detector` flags at level `alpha`:
+    its power on a drifted pool."""
     rng = np.random.default_rng(seed)
-    flagged = 0
-    for _ in range(windows):
-        rows = pool[rng.choice(len(pool), size=window, replace=False)]
-        flagged += test(reference, rows) < alpha
-    return flagged / windows
+    return float(np.mean([detector(pool[rng.choice(len(pool), window, replace=False)]) < alpha for _ in range(windows)]))
+
+
+def false_alarm_rate(make_detector, rows: np.ndarray, window: int, windows: int, alpha: float = 0.05,
+                     splits: int = 20, seed: int = 0) -> float:
+    """The fraction of undrifted windows flagged: `rows` (one distribution) is cut into disjoint random halves
+    `splits` times; `make_detector(half A)` tests windows drawn from half B. Re-drawing the reference matters: one
+    fixed reference that happens to sit a little off its population would bias every window's test the same way."""
+    rng = np.random.default_rng(seed)
+    flagged = []
+    for split in range(splits):
+        order = rng.permutation(len(rows))
+        detector, other = make_detector(rows[order[: len(rows) // 2]]), rows[order[len(rows) // 2 :]]
+        flagged.append(detection_rate(detector, other, window, -(-windows // splits), alpha, seed=seed + split))
+    return float(np.mean(flagged))
+
+
+# --------------------------------------------------------------------------- drift monitoring inside the server
+
+DRIFT_REFERENCE = "drift_reference.npy"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = np.asarray(logits, np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+def add_drift_reference(directory: Path, logits: np.ndarray) -> Path:
+    """Ship a drift reference with an export: the softmax of the model's outputs on reference data, saved beside the
+    model and listed (with its checksum) in the version's manifest, so each version carries the reference that
+    describes it and a tampered reference is refused like a tampered model."""
+    from helpers.integrity import verify_manifest, write_manifest
+
+    fields = {k: v for k, v in verify_manifest(directory).items() if k != "files"}
+    np.save(Path(directory) / DRIFT_REFERENCE, softmax(logits).astype(np.float32), allow_pickle=False)
+    fields["drift_reference"] = {"file": DRIFT_REFERENCE, "rows": len(logits), "of": "softmax of the model's outputs"}
+    write_manifest(directory, **fields)
+    return Path(directory)
+
+
+def drift_score(p_value: float) -> float:
+    """-log10 of a p-value: 2 means "a window this unusual comes once in 100 undrifted windows"; capped at 16."""
+    return float(-np.log10(max(p_value, 1e-16)))
+
+
+class DriftMonitor:
+    """What the server runs per model version: the softmax of live outputs is collected into windows of `window`
+    rows; each full window is tested against the version's reference (KS, Bonferroni over the classes)."""
+
+    def __init__(self, reference_probabilities: np.ndarray, window: int):
+        self.detector, self.window, self.rows = KSDetector(reference_probabilities), window, []
+
+    def observe(self, logits: np.ndarray) -> list[tuple[float, float]]:
+        """Add a batch of outputs; returns (p-value, mean top-class probability) for each window it completed."""
+        self.rows.extend(softmax(logits))
+        finished = []
+        while len(self.rows) >= self.window:
+            rows, self.rows = np.array(self.rows[: self.window]), self.rows[self.window :]
+            finished.append((self.detector(rows), float(rows.max(axis=1).mean())))
+        return finished
 
 
 def severity_for_drop(accuracy_at, target_drop: float, low: float, high: float, iterations: int = 12) -> float:

@@ -46,6 +46,7 @@ class Settings:
     batch_max_size: int = 32  # rows per runtime call when batching
     batch_max_delay_ms: float = 2.0
     poll_interval_s: float = 1.0  # how often the repository is scanned for new versions
+    drift_window: int = 50  # outputs per drift test, for versions that ship a drift reference (chapter 07)
 
 
 V1_PATH = re.compile(r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>\w+)|/(?P<metadata>metadata))?$")
@@ -84,6 +85,7 @@ class Server:
         self.metrics = ServerMetrics()
         self.repository = ModelRepository(settings.repository, on_load=self.count_load)
         self.batchers: dict[int, tuple] = {}  # id(version state) -> (state, its batcher); the state is kept so its id stays unique
+        self.drift_monitors: dict[int, tuple] = {}  # id(version state) -> (state, its DriftMonitor), likewise
         self.stop = threading.Event()
 
     def count_load(self, model: str, version: int, ok: bool) -> None:
@@ -148,13 +150,34 @@ class Server:
             log.exception("inference failed for model %s version %d", model, state.version)
             raise RequestError(500, f"inference failed: {type(error).__name__}: {str(error)[:300]}") from None
         self.metrics.child(self.metrics.inference_latency, model, str(state.version)).observe(time.perf_counter() - started)
-        return np.asarray(y)
+        y = np.asarray(y)
+        if state.backend.drift_reference is not None and self.settings.drift_window > 0:
+            self.watch_drift(model, state, y)
+        return y
+
+    def live_states(self) -> set[int]:
+        return {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
+
+    def watch_drift(self, model: str, state, y: np.ndarray) -> None:
+        """Feed the outputs to this version's drift monitor; publish each finished window's score. A test costs about
+        a millisecond once per window, so it runs inline. The gauges are per model: the serving version sets them."""
+        from helpers.monitoring import DriftMonitor, drift_score
+
+        if id(state) not in self.drift_monitors:
+            live = self.live_states()
+            for key in [k for k in self.drift_monitors if k not in live]:
+                self.drift_monitors.pop(key)
+            self.drift_monitors[id(state)] = (state, DriftMonitor(state.backend.drift_reference, self.settings.drift_window))
+        for p_value, confidence in self.drift_monitors[id(state)][1].observe(y):
+            self.metrics.drift_score.labels(model).set(drift_score(p_value))
+            self.metrics.window_confidence.labels(model).set(confidence)
+            self.metrics.drift_windows.labels(model).inc()
 
     def batcher(self, model: str, state) -> DynamicBatcher:
         """The batcher of this loaded version. A version reloaded under the same number is a new state with a new
         backend, so batchers belong to states; those of states no longer loaded are closed here."""
         if id(state) not in self.batchers:
-            live = {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
+            live = self.live_states()
             for key in [k for k in self.batchers if k not in live]:
                 asyncio.get_running_loop().create_task(self.batchers.pop(key)[1].close())
             histogram = self.metrics.child(self.metrics.batch_size, model)

@@ -27,6 +27,7 @@ class Backend:
     platform: str  # as Triton and KServe report it in model metadata
     input: TensorSpec
     output: TensorSpec
+    drift_reference: np.ndarray | None = None  # reference output probabilities, if the version ships them (chapter 07)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -76,4 +77,6 @@ def load_backend(directory: Path) -> Backend:
     expected = (1, *backend.output.shape[1:])
     if output.shape != expected or not np.all(np.isfinite(output)):
         raise ValueError(f"{directory}: warm-up gave an output of shape {output.shape} (expected {expected}) or non-finite values")
+    if "drift_reference" in manifest:  # listed in the manifest, so verified above with the model
+        backend.drift_reference = np.load(Path(directory) / manifest["drift_reference"]["file"], allow_pickle=False)
     return backend

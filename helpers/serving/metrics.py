@@ -22,6 +22,12 @@ class ServerMetrics:
         self.queue_depth = Gauge("inference_queue_depth", "Requests waiting for a batch", ["model"], registry=self.registry)
         self.model_loads = Counter("model_loads_total", "Model version loads, by result", ["model", "version", "result"],
                                    registry=self.registry)
+        self.drift_score = Gauge("model_drift_score", "-log10 p-value of the drift test on the last window of outputs "
+                                 "(2: p = 0.01), by model", ["model"], registry=self.registry)
+        self.drift_windows = Counter("model_drift_windows_total", "Windows of outputs tested for drift", ["model"],
+                                     registry=self.registry)
+        self.window_confidence = Gauge("model_window_confidence", "Mean top-class probability in the last window: an "
+                                       "estimate of accuracy before labels arrive", ["model"], registry=self.registry)
         self.versions_available = Gauge("model_versions_available", "Versions able to answer, by model", ["model"],
                                         registry=self.registry)
 
