@@ -43,7 +43,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	  echo "Note: wrk is not installed (apt-get install wrk / brew install wrk); chapter 06 skips its load tests without it."
 	@# prometheus and promtool, chapter 07's monitoring server and rule checker: the same way (Debian/Ubuntu package)
 	@command -v prometheus >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null 2>&1; } || \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1); }; } || \
 	  echo "Note: prometheus is not installed (apt-get install prometheus / brew install prometheus); chapter 07 reads /metrics directly without it."
 	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 >/dev/null

@@ -232,9 +232,16 @@ def executorch_predictor(method):
 
 def export_torch_onnx(model, name: str, version: int, card: dict, dynamic_batch: bool = True) -> Path:
     """torch.onnx.export (the dynamo exporter), weights inline so model.onnx is self-contained."""
+    import logging
+    import warnings
+
     import torch
 
-    with new_version("onnx", name, version) as directory:
+    # "torchvision is not installed. Skipping torchvision::nms" and a LeafSpec deprecation: noise about operators and
+    # internals these models do not use
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    with new_version("onnx", name, version) as directory, warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*LeafSpec.*")
         dynamic = ({0: torch.export.Dim("batch", min=1, max=4096)},) if dynamic_batch else None
         program = torch.onnx.export(model.eval(), (torch.zeros(2, 1, 28, 28),), dynamic_shapes=dynamic, dynamo=True,
                                     input_names=["images"], output_names=["logits"], verbose=False)

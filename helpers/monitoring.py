@@ -11,6 +11,7 @@ production data with a reference sample and return a p-value (small = "these do 
 from __future__ import annotations
 
 import shutil
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -102,6 +103,24 @@ def alerts(url: str) -> list[dict]:
     return httpx.get(f"{url}/api/v1/alerts", timeout=10).json()["data"]["alerts"]
 
 
+def record_alerts(url: str, seen: dict, **context) -> dict:
+    """Note when each alert was first seen in each state: seen["DataDriftDetected firing"] = {"t": ..., **context}."""
+    for alert in alerts(url):
+        seen.setdefault(f"{alert['labels']['alertname']} {alert['state']}", {"t": time.time(), **context})
+    return seen
+
+
+def flagged_in_a_row(scores, threshold: float = 2.0, windows: int = 2) -> int | None:
+    """The index of the first window ending a run of `windows` scores over `threshold`: the drift alert's rule
+    (monitoring/alerts.yml) evaluated in Python, for machines without Prometheus."""
+    run = 0
+    for k, score in enumerate(scores):
+        run = run + 1 if score is not None and score > threshold else 0
+        if run == windows:
+            return k
+    return None
+
+
 # --------------------------------------------------------------------------- shifts: how production data drifts
 
 
@@ -178,13 +197,17 @@ class KSDetector:
         self.reference = np.sort(np.asarray(reference, np.float64).reshape(len(reference), -1), axis=0)
 
     def statistics(self, window: np.ndarray) -> np.ndarray:
+        """D for each column. The window's CDF only steps at the window's own points, and the reference's CDF only
+        rises between them, so the largest gap sits just before or at one of the window's points: m lookups into the
+        sorted reference per column, not n + m."""
         window = np.sort(np.asarray(window, np.float64).reshape(len(window), -1), axis=0)
         n, m = len(self.reference), len(window)
         d = np.empty(window.shape[1])
-        for j in range(window.shape[1]):  # the CDFs are compared at every point of both samples
-            points = np.concatenate([self.reference[:, j], window[:, j]])
-            gap = np.searchsorted(self.reference[:, j], points, "right") / n - np.searchsorted(window[:, j], points, "right") / m
-            d[j] = np.abs(gap).max()
+        for j in range(window.shape[1]):
+            w, ref = window[:, j], self.reference[:, j]
+            below = np.searchsorted(ref, w, "left") / n - np.searchsorted(w, w, "left") / m  # just before each point
+            at = np.searchsorted(w, w, "right") / m - np.searchsorted(ref, w, "right") / n  # at each point
+            d[j] = max(below.max(), at.max())
         return d
 
     def __call__(self, window: np.ndarray) -> float:
@@ -202,11 +225,13 @@ def ks_test(reference: np.ndarray, window: np.ndarray) -> float:
     return KSDetector(reference)(window)
 
 
-def psi(reference_classes: np.ndarray, window_classes: np.ndarray, n_classes: int = 10, floor: float = 1e-4) -> float:
+def psi(reference_classes: np.ndarray, window_classes: np.ndarray, n_classes: int = 10) -> float:
     """Population Stability Index of the predicted-class distribution: sum (q - p) ln(q / p). Rules of thumb read
-    < 0.1 as stable and > 0.25 as a major shift; PSIDetector calibrates the threshold for the window size instead."""
-    p = np.maximum(np.bincount(reference_classes, minlength=n_classes) / len(reference_classes), floor)
-    q = np.maximum(np.bincount(window_classes, minlength=n_classes) / len(window_classes), floor)
+    < 0.1 as stable and > 0.25 as a major shift; PSIDetector calibrates the threshold for the window size instead.
+    Half a count is added to every class (Jeffreys smoothing): a class absent from a small window would otherwise put
+    ln(0) into the sum, and the usual fix, a tiny floor, lets empty classes swamp the index."""
+    p = (np.bincount(reference_classes, minlength=n_classes) + 0.5) / (len(reference_classes) + 0.5 * n_classes)
+    q = (np.bincount(window_classes, minlength=n_classes) + 0.5) / (len(window_classes) + 0.5 * n_classes)
     return float(np.sum((q - p) * np.log(q / p)))
 
 
@@ -326,7 +351,7 @@ def add_drift_reference(directory: Path, logits: np.ndarray) -> Path:
 
 def drift_score(p_value: float) -> float:
     """-log10 of a p-value: 2 means "a window this unusual comes once in 100 undrifted windows"; capped at 16."""
-    return float(-np.log10(max(p_value, 1e-16)))
+    return float(-np.log10(max(p_value, 1e-16))) + 0.0  # + 0.0: no "-0.0" for p = 1
 
 
 class DriftMonitor:
@@ -344,6 +369,131 @@ class DriftMonitor:
             rows, self.rows = np.array(self.rows[: self.window]), self.rows[self.window :]
             finished.append((self.detector(rows), float(rows.max(axis=1).mean())))
         return finished
+
+
+# --------------------------------------------------------------------------- what the detectors look at
+
+
+def torch_views(model, images: np.ndarray, batch_size: int = 1000) -> dict[str, np.ndarray]:
+    """A PyTorch nn.Sequential classifier's view of uint8 images: its logits, softmax probabilities, predicted classes,
+    and the penultimate layer's activations (the embedding the final layer classifies)."""
+    import torch
+
+    from helpers.training import images_for
+
+    x = torch.from_numpy(images_for("torch", images))
+    model.eval()
+    with torch.no_grad():
+        embedding = torch.cat([model[:-1](x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+        logits = model[-1](embedding).numpy()
+    probabilities = softmax(logits)
+    return {"logits": logits, "probabilities": probabilities, "classes": probabilities.argmax(1), "embedding": embedding.numpy()}
+
+
+# --------------------------------------------------------------------------- accuracy before the labels arrive
+
+
+def atc_threshold(confidence: np.ndarray, correct: np.ndarray) -> float:
+    """Average Thresholded Confidence (Garg et al., ICLR 2022): the confidence t above which the fraction of labelled
+    reference predictions equals their accuracy. On new data, the fraction above t estimates the accuracy."""
+    return float(np.quantile(confidence, 1.0 - np.mean(correct)))
+
+
+def estimated_accuracy(confidence: np.ndarray, threshold: float | None = None) -> float:
+    """Accuracy estimated without labels: the mean top-class probability (right if the model is calibrated), or with
+    an ATC `threshold`, the fraction of predictions more confident than it."""
+    return float(np.mean(confidence)) if threshold is None else float(np.mean(confidence > threshold))
+
+
+# --------------------------------------------------------------------------- the server's own numbers
+
+
+def read_metrics(url: str) -> dict[tuple, float]:
+    """The server's /metrics, parsed with prometheus_client: {(sample name, sorted labels): value}. The fallback when
+    there is no Prometheus: the current values only, no history, no PromQL."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    return {(sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples}
+
+
+def metric(values: dict[tuple, float], name: str, **labels) -> float | None:
+    """One value from read_metrics' result, by name and labels (None if absent)."""
+    return values.get((name, tuple(sorted(labels.items()))))
+
+
+class Traffic:
+    """A production day's traffic from a background thread: `windows` is a list of (uint8 images, labels); each image
+    is one KServe v2 request (binary tensors), each window is spread over `window_seconds`. Every answer is recorded
+    (time, latency, HTTP status, serving version, prediction, confidence, label), and after each window the server's
+    drift score is read from /metrics. A failed request is recorded, never raised: the day goes on."""
+
+    def __init__(self, url: str, model: str, windows: list, window_seconds: float = 1.0):
+        self.url, self.model, self.windows, self.window_seconds = url, model, windows, window_seconds
+        self.requests, self.scores = [], []
+        self.started, self.end = None, len(windows)  # set `end` (a window index) to stop the day early
+        self.thread = threading.Thread(target=self.run, name="traffic", daemon=True)
+
+    def start(self) -> "Traffic":
+        self.started = time.time()
+        self.thread.start()
+        return self
+
+    def join(self, timeout: float | None = None) -> None:
+        self.thread.join(timeout)
+
+    def is_alive(self) -> bool:
+        return self.thread.is_alive()
+
+    @property
+    def window_now(self) -> int:
+        return len(self.scores)
+
+    def run(self) -> None:
+        import httpx
+
+        from helpers.serving.client import infer_request, parse_infer_response
+        from helpers.serving.protocols import BINARY_HEADER
+
+        with httpx.Client(base_url=self.url, timeout=10) as http:
+            for k, (images, labels) in enumerate(self.windows):
+                if k >= self.end:
+                    break
+                window_start = self.started + k * self.window_seconds
+                for i, (image, label) in enumerate(zip(images, labels)):
+                    time.sleep(max(0.0, window_start + i * self.window_seconds / len(images) - time.time()))
+                    body, headers = infer_request(image[None, None].astype(np.float32) / 255.0, "images", binary=True)
+                    sent = time.perf_counter()
+                    row = {"window": k, "t": time.time(), "label": int(label), "status": 0, "version": None, "predicted": -1,
+                           "confidence": np.nan}
+                    try:
+                        response = http.post(f"/v2/models/{self.model}/infer", content=body, headers=headers)
+                        row["status"] = response.status_code
+                        if response.status_code == 200:
+                            answer = parse_infer_response(response.content, response.headers.get(BINARY_HEADER))
+                            probabilities = softmax(next(iter(answer["outputs"].values())))[0]
+                            row.update(version=int(answer["model_version"]), predicted=int(probabilities.argmax()),
+                                       confidence=float(probabilities.max()))
+                    except httpx.HTTPError as error:  # connection refused, timeout: recorded as a failed request
+                        row["error"] = type(error).__name__
+                    row["seconds"] = time.perf_counter() - sent
+                    self.requests.append(row)
+                values = read_metrics(self.url)
+                self.scores.append({"window": k, "t": time.time(), "drift_score": metric(values, "model_drift_score", model=self.model),
+                                    "confidence": metric(values, "model_window_confidence", model=self.model)})
+
+    def frames(self):
+        """(per request, per window) DataFrames."""
+        import pandas as pd
+
+        requests = pd.DataFrame(self.requests)
+        requests["correct"] = requests["predicted"] == requests["label"]
+        per_window = requests.groupby("window").agg(t=("t", "min"), accuracy=("correct", "mean"), failed=("status", lambda s: int((s != 200).sum())),
+                                                    p99_ms=("seconds", lambda s: 1000 * s.quantile(0.99)), version=("version", "max"),
+                                                    confidence=("confidence", "mean"))
+        return requests, per_window.join(pd.DataFrame(self.scores).set_index("window")[["drift_score"]])
 
 
 def severity_for_drop(accuracy_at, target_drop: float, low: float, high: float, iterations: int = 12) -> float:

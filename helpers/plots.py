@@ -104,3 +104,42 @@ def tradeoff(table, front, accuracy="accuracy", latency="p50_ms", size="size (kB
         fig.text(0.01, 0.01, textwrap.fill(note, 180), fontsize=8, va="bottom")
     fig.tight_layout(rect=(0, 0.05 if len(hidden) else 0, 1, 1))
     return fig
+
+
+def dashboard(frame, panels: dict, events: dict | None = None, thresholds: dict | None = None, title: str = ""):
+    """Stacked time series sharing one x axis, as a monitoring dashboard shows them: `panels` maps an axis label to
+    the column(s) of `frame` (indexed by seconds) drawn on it; `events` maps a label to a time, drawn as a vertical
+    line on every panel; `thresholds` maps an axis label to a horizontal alert line."""
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 1.6 * len(panels)), sharex=True)
+    axes = np.atleast_1d(axes)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, (label, columns) in zip(axes, panels.items()):
+        for column in [columns] if isinstance(columns, str) else columns:
+            series = frame[column].dropna()  # sources sampled at different times leave gaps in the shared index
+            ax.plot(series.index, series.values, lw=1.5, marker="." if len(series) < 80 else None, label=column)
+        ax.set_ylabel("\n".join(textwrap.wrap(label, 18)), fontsize=8)
+        if thresholds and label in thresholds:
+            ax.axhline(thresholds[label], color="red", ls=":", lw=1)
+        for i, (name, t) in enumerate((events or {}).items()):
+            ax.axvline(t, color=colours[(i + 3) % len(colours)], ls="--", lw=1, label=name if ax is axes[0] else "_")
+        ax.grid(alpha=0.3)
+        if (ax is axes[0] and events) or not isinstance(columns, str):
+            ax.legend(fontsize=7, loc="upper left", ncol=3)
+    axes[-1].set_xlabel("seconds into the day")
+    if title:
+        fig.suptitle(title, y=1.02)
+    fig.tight_layout()
+    return fig
+
+
+def rate_table(frame, title: str = "", vmax: float = 1.0):
+    """A table of rates (rows x columns, values in [0, 1]) as an annotated heatmap."""
+    fig, ax = plt.subplots(figsize=(1.6 + 1.25 * frame.shape[1], 0.9 + 0.42 * frame.shape[0]))
+    ax.imshow(frame.to_numpy(float), cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+    for (i, j), value in np.ndenumerate(frame.to_numpy(float)):
+        ax.text(j, i, f"{value:.0%}", ha="center", va="center", color="white" if value < 0.6 * vmax else "black", fontsize=9)
+    ax.set_xticks(range(frame.shape[1]), ["\n".join(textwrap.wrap(str(c), 14)) for c in frame.columns], fontsize=8)
+    ax.set_yticks(range(frame.shape[0]), frame.index, fontsize=8)
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig

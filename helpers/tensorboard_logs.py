@@ -44,3 +44,19 @@ def histogram_tags(run_dir: Path, split: str = "train") -> list[str]:
     tags = accumulator.Tags()
     keras_histograms = [t for t in tags.get("tensors", []) if t.endswith("/histogram")]  # the rest are scalars and config
     return sorted(tags.get("histograms", []) + keras_histograms)
+
+
+def write_scalars(run_dir: Path, frame: pd.DataFrame, split: str = "production") -> Path:
+    """Log every column of `frame` as a TensorBoard scalar, one step per row (e.g. per production window), under
+    `run_dir/split`, where TensorBoard and `read_scalars` find it."""
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(Path(run_dir) / split))
+    try:
+        for step, row in enumerate(frame.itertuples(index=False)):
+            for tag, value in row._asdict().items():
+                if pd.notna(value):
+                    writer.add_scalar(tag, float(value), step)
+    finally:
+        writer.close()
+    return Path(run_dir) / split

@@ -100,4 +100,16 @@ EXPECTATIONS = {
         "savedmodel_batching_gain": (">=", 1.5, "wrk"),
         "onnx_binary_floor_fraction": (">=", 0.25, "wrk"),
     },
+    "07_monitoring": {
+        # the best detector finds every harmful shift at window 50 even with the smoke model, and holds its level
+        # (smoke: 80 undrifted windows, so alpha 0.05 plus three standard errors)
+        "best_detector_worst_power": (">=", 0.7),
+        "best_detector_false_alarms": ("<=", 0.13),
+        # the simulated day: the drift alert fires on the second drifted window, never before the onset; the
+        # reload fails no request and version 2 does better on the drifted stream than version 1 did
+        "alert_delay_windows": ("<=", 2),
+        "failed_requests": ("==", 0),
+        "recovery_gap_points": ("<", 5.0),
+        "runtime_s": ("<=", 90),
+    },
 }
