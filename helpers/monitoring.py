@@ -56,8 +56,11 @@ def running_prometheus(targets: list[str], scrape_interval_s: float = 1.0, rules
     config = write_config(home / "prometheus.yml", targets, scrape_interval_s, rules)
     command = [shutil.which("prometheus"), f"--config.file={config}", f"--storage.tsdb.path={home / 'data'}",
                f"--web.listen-address=127.0.0.1:{port}", "--storage.tsdb.retention.time=1d", "--log.level=warn"]
-    with running(command, "/-/ready", "prometheus", port) as (url, _, _):
-        yield url
+    try:
+        with running(command, "/-/ready", "prometheus", port) as (url, _, _):
+            yield url
+    finally:
+        shutil.rmtree(home, ignore_errors=True)  # its time series are only for this run
 
 
 def query(url: str, promql: str) -> list[dict]:
@@ -96,6 +99,18 @@ def wait_for_first_scrape(url: str, timeout_s: float = 30.0) -> None:
     raise TimeoutError(f"Prometheus at {url} did not scrape the server within {timeout_s} s")
 
 
+def wait_for_value(url: str, promql: str, at_least: float, timeout_s: float = 30.0) -> float:
+    """Poll an instant query until its first value reaches `at_least` (e.g. Prometheus has scraped the last window)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        answer = query(url, promql)
+        if answer and answer[0]["value"] >= at_least:
+            return answer[0]["value"]
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{promql} did not reach {at_least} within {timeout_s} s (last answer: {answer})")
+        time.sleep(0.2)
+
+
 def alerts(url: str) -> list[dict]:
     """Active alerts with their state ("pending" or "firing")."""
     import httpx
@@ -111,8 +126,8 @@ def record_alerts(url: str, seen: dict, **context) -> dict:
 
 
 def flagged_in_a_row(scores, threshold: float = 2.0, windows: int = 2) -> int | None:
-    """The index of the first window ending a run of `windows` scores over `threshold`: the drift alert's rule
-    (monitoring/alerts.yml) evaluated in Python, for machines without Prometheus."""
+    """The index of the first window ending a run of `windows` drift scores over `threshold` (2: p < 0.01): the drift
+    alert's rule (monitoring/alerts.yml) evaluated in Python, for machines without Prometheus."""
     run = 0
     for k, score in enumerate(scores):
         run = run + 1 if score is not None and score > threshold else 0
@@ -343,7 +358,7 @@ def add_drift_reference(directory: Path, logits: np.ndarray) -> Path:
     from helpers.integrity import verify_manifest, write_manifest
 
     fields = {k: v for k, v in verify_manifest(directory).items() if k != "files"}
-    np.save(Path(directory) / DRIFT_REFERENCE, softmax(logits).astype(np.float32), allow_pickle=False)
+    np.save(Path(directory) / DRIFT_REFERENCE, softmax(logits), allow_pickle=False)  # float64, as live outputs are compared
     fields["drift_reference"] = {"file": DRIFT_REFERENCE, "rows": len(logits), "of": "softmax of the model's outputs"}
     write_manifest(directory, **fields)
     return Path(directory)
@@ -356,10 +371,13 @@ def drift_score(p_value: float) -> float:
 
 class DriftMonitor:
     """What the server runs per model version: the softmax of live outputs is collected into windows of `window`
-    rows; each full window is tested against the version's reference (KS, Bonferroni over the classes)."""
+    rows; each full window is tested against the version's reference (KS, Bonferroni over the classes) and counts as
+    flagged when its p-value is below `alpha`. `flagged_in_a_row` is what the drift alert watches: counting windows,
+    not seconds, keeps its meaning whatever the traffic rate."""
 
-    def __init__(self, reference_probabilities: np.ndarray, window: int):
-        self.detector, self.window, self.rows = KSDetector(reference_probabilities), window, []
+    def __init__(self, reference_probabilities: np.ndarray, window: int, alpha: float = 0.01):
+        self.detector, self.window, self.alpha, self.rows = KSDetector(reference_probabilities), window, alpha, []
+        self.flagged_in_a_row = 0
 
     def observe(self, logits: np.ndarray) -> list[tuple[float, float]]:
         """Add a batch of outputs; returns (p-value, mean top-class probability) for each window it completed."""
@@ -367,7 +385,9 @@ class DriftMonitor:
         finished = []
         while len(self.rows) >= self.window:
             rows, self.rows = np.array(self.rows[: self.window]), self.rows[self.window :]
-            finished.append((self.detector(rows), float(rows.max(axis=1).mean())))
+            p_value = self.detector(rows)
+            self.flagged_in_a_row = self.flagged_in_a_row + 1 if p_value < self.alpha else 0
+            finished.append((p_value, float(rows.max(axis=1).mean())))
         return finished
 
 
@@ -476,11 +496,14 @@ class Traffic:
                             probabilities = softmax(next(iter(answer["outputs"].values())))[0]
                             row.update(version=int(answer["model_version"]), predicted=int(probabilities.argmax()),
                                        confidence=float(probabilities.max()))
-                    except httpx.HTTPError as error:  # connection refused, timeout: recorded as a failed request
-                        row["error"] = type(error).__name__
+                    except Exception as error:  # connection refused, timeout, a garbled answer: a failed request
+                        row["error"] = f"{type(error).__name__}: {error}"[:200]
                     row["seconds"] = time.perf_counter() - sent
                     self.requests.append(row)
-                values = read_metrics(self.url)
+                try:
+                    values = read_metrics(self.url)
+                except Exception:  # the day goes on; this window's server-side numbers are missing
+                    values = {}
                 self.scores.append({"window": k, "t": time.time(), "drift_score": metric(values, "model_drift_score", model=self.model),
                                     "confidence": metric(values, "model_window_confidence", model=self.model)})
 

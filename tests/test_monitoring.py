@@ -111,8 +111,11 @@ def test_a_drift_monitor_scores_each_full_window_and_the_alert_rule_needs_two_in
     monitor = monitoring.DriftMonitor(monitoring.softmax(reference_logits), window=50)
     assert monitor.observe(reference_logits[:30]) == []  # no full window yet
     (p_clean, confidence), = monitor.observe(rng.normal(size=(20, 10)) * 3)
+    assert p_clean > 0.01 and monitor.flagged_in_a_row == 0
     (p_drift, _), (p_drift_2, _) = monitor.observe(rng.normal(size=(100, 10)) * 12)  # far more confident: drift
-    assert p_clean > 0.01 and p_drift < 1e-6 and p_drift_2 < 1e-6 and 0.1 < confidence <= 1
+    assert p_drift < 1e-6 and p_drift_2 < 1e-6 and 0.1 < confidence <= 1 and monitor.flagged_in_a_row == 2
+    monitor.observe(rng.normal(size=(50, 10)) * 3)
+    assert monitor.flagged_in_a_row == 0
     assert monitoring.drift_score(1.0) == 0.0 and str(monitoring.drift_score(1.0)) == "0.0"  # no "-0.0" on the dashboard
     assert monitoring.drift_score(0.001) == pytest.approx(3.0)
     assert monitoring.flagged_in_a_row([0.1, 3.0, 0.2, 3.0, 2.5, 9.0]) == 4
@@ -149,6 +152,11 @@ def test_a_drift_reference_travels_in_the_manifest_and_a_tampered_one_is_refused
     np.save(reference, tampered)
     with pytest.raises(IntegrityError, match="drift_reference.npy"):
         load_backend(directory)
+    # a reference that does not match the model's outputs refuses the version at load time, not at its 50th request
+    other = export.export_torch_onnx(models.torch_model("source_cnn").eval(), "source_cnn", 2, {"file_sha256": "d" * 64})
+    monitoring.add_drift_reference(other, np.zeros((300, 3)))
+    with pytest.raises(ValueError, match="10 probabilities"):
+        load_backend(other)
 
 
 def test_the_server_scores_drift_on_live_traffic_and_a_new_version_brings_its_own_reference(real_mnist, tmp_path, artifacts_in_tmp):
@@ -173,6 +181,9 @@ def test_the_server_scores_drift_on_live_traffic_and_a_new_version_brings_its_ow
         traffic.join(60)
         scores = [s["drift_score"] for s in traffic.scores]
         assert scores[0] < 2 < scores[1] and scores[2] > 2, scores
+        values = monitoring.read_metrics(server.url)
+        assert monitoring.metric(values, "model_drift_flagged_in_a_row", model="mnist") == 2
+        assert monitoring.metric(values, "model_drift_windows_total", model="mnist") == 3
         requests, per_window = traffic.frames()
         assert (requests.status == 200).all() and len(per_window) == 3 and set(requests.version) == {1}
         # version 2: the same model with the noisy images as its reference; the noisy traffic is its normal
@@ -187,3 +198,11 @@ def test_the_server_scores_drift_on_live_traffic_and_a_new_version_brings_its_ow
         traffic.join(60)
         assert all(s["drift_score"] < 2 for s in traffic.scores), traffic.scores
         assert set(traffic.frames()[0].version) == {2}
+        assert monitoring.metric(monitoring.read_metrics(server.url), "model_drift_flagged_in_a_row", model="mnist") == 0
+        # a refused version shows in model_versions_failed, which the ModelLoadFailed alert watches
+        (tmp_path / "repository" / "mnist" / "3").mkdir()
+        (tmp_path / "repository" / "mnist" / "3" / "model.onnx").write_bytes(b"not a model")
+        deadline = time.time() + 30
+        while monitoring.metric(monitoring.read_metrics(server.url), "model_versions_failed", model="mnist") != 1:
+            assert time.time() < deadline, "the broken version 3 was not reported"
+            time.sleep(0.1)

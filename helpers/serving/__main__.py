@@ -33,6 +33,8 @@ def parse_args(argv=None):
     parser.add_argument("--poll-interval-s", type=float, default=defaults.poll_interval_s, help="repository scan interval")
     parser.add_argument("--drift-window", type=int, default=defaults.drift_window,
                         help="outputs per drift test, for versions shipping a drift reference (0: off)")
+    parser.add_argument("--drift-alpha", type=float, default=defaults.drift_alpha,
+                        help="flag a window as drifted when its p-value is below this")
     parser.add_argument("--max-connections", type=int, default=1000, help="beyond this many, new connections get 503")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -73,7 +75,8 @@ def main(argv=None) -> int:
     settings = Settings(repository=args.repository, api_key=key, max_body_bytes=args.max_body_bytes,
                         max_batch_size=args.max_batch_size, request_timeout_s=args.request_timeout_s, batching=args.batching,
                         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms,
-                        poll_interval_s=args.poll_interval_s, drift_window=args.drift_window)
+                        poll_interval_s=args.poll_interval_s, drift_window=args.drift_window,
+                        drift_alpha=args.drift_alpha)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", limit_concurrency=args.max_connections)
     return 0

@@ -47,6 +47,7 @@ class Settings:
     batch_max_delay_ms: float = 2.0
     poll_interval_s: float = 1.0  # how often the repository is scanned for new versions
     drift_window: int = 50  # outputs per drift test, for versions that ship a drift reference (chapter 07)
+    drift_alpha: float = 0.01  # a window is flagged as drifted when its test's p-value is below this
 
 
 V1_PATH = re.compile(r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>\w+)|/(?P<metadata>metadata))?$")
@@ -93,8 +94,11 @@ class Server:
 
     def refresh_gauges(self) -> None:
         self.metrics.versions_available.clear()  # models removed or unloaded disappear from the metric
+        self.metrics.versions_failed.clear()
         for model, versions in dict(self.repository.models).items():
             self.metrics.versions_available.labels(model).set(sum(s.state == "AVAILABLE" for s in versions.values()))
+            # a gauge, not an increase() of model_loads_total: a counter series born at 1 shows no increase
+            self.metrics.versions_failed.labels(model).set(sum(s.state == "UNAVAILABLE" for s in versions.values()))
 
     # ------------------------------------------------------------------ checks shared by the routes
 
@@ -159,19 +163,34 @@ class Server:
         return {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
 
     def watch_drift(self, model: str, state, y: np.ndarray) -> None:
-        """Feed the outputs to this version's drift monitor; publish each finished window's score. A test costs about
-        a millisecond once per window, so it runs inline. The gauges are per model: the serving version sets them."""
+        """Feed the outputs to this version's drift monitor and publish each finished window (a test costs well under a
+        millisecond, once per window, so it runs inline). The per-model gauges describe the version answering unpinned
+        requests, the latest; windows of requests pinned to an older version are tested but not published. A failure
+        here is logged and counted, never turned into a failed request: the answer is already computed."""
         from helpers.monitoring import DriftMonitor, drift_score
 
-        if id(state) not in self.drift_monitors:
-            live = self.live_states()
-            for key in [k for k in self.drift_monitors if k not in live]:
-                self.drift_monitors.pop(key)
-            self.drift_monitors[id(state)] = (state, DriftMonitor(state.backend.drift_reference, self.settings.drift_window))
-        for p_value, confidence in self.drift_monitors[id(state)][1].observe(y):
-            self.metrics.drift_score.labels(model).set(drift_score(p_value))
-            self.metrics.window_confidence.labels(model).set(confidence)
-            self.metrics.drift_windows.labels(model).inc()
+        try:
+            if id(state) not in self.drift_monitors:
+                live = self.live_states()
+                for key in [k for k in self.drift_monitors if k not in live]:
+                    self.drift_monitors.pop(key)
+                self.drift_monitors[id(state)] = (state, DriftMonitor(state.backend.drift_reference, self.settings.drift_window,
+                                                                      self.settings.drift_alpha))
+                if self.repository.get(model).version == state.version:  # a new version starts with no evidence either way
+                    self.metrics.drift_score.labels(model).set(float("nan"))
+                    self.metrics.window_confidence.labels(model).set(float("nan"))
+                    self.metrics.drift_in_a_row.labels(model).set(0)
+            monitor = self.drift_monitors[id(state)][1]
+            finished = monitor.observe(y)
+            if finished and self.repository.get(model).version == state.version:
+                p_value, confidence = finished[-1]
+                self.metrics.drift_score.labels(model).set(drift_score(p_value))
+                self.metrics.window_confidence.labels(model).set(confidence)
+                self.metrics.drift_in_a_row.labels(model).set(monitor.flagged_in_a_row)
+                self.metrics.drift_windows.labels(model).inc(len(finished))
+        except Exception:
+            log.exception("drift monitoring failed for model %s version %d; the request was answered", model, state.version)
+            self.metrics.drift_errors.labels(model).inc()
 
     def batcher(self, model: str, state) -> DynamicBatcher:
         """The batcher of this loaded version. A version reloaded under the same number is a new state with a new

@@ -78,5 +78,18 @@ def load_backend(directory: Path) -> Backend:
     if output.shape != expected or not np.all(np.isfinite(output)):
         raise ValueError(f"{directory}: warm-up gave an output of shape {output.shape} (expected {expected}) or non-finite values")
     if "drift_reference" in manifest:  # listed in the manifest, so verified above with the model
-        backend.drift_reference = np.load(Path(directory) / manifest["drift_reference"]["file"], allow_pickle=False)
+        backend.drift_reference = load_drift_reference(Path(directory) / manifest["drift_reference"]["file"], output.shape[1])
     return backend
+
+
+def load_drift_reference(path: Path, n_outputs: int) -> np.ndarray:
+    """A version's reference output probabilities, checked here so that a bad one refuses the version at load time
+    instead of failing drift tests later."""
+    import scipy.stats  # noqa: F401  the drift test needs it: imported now, in the loading thread, not on the event loop
+
+    reference = np.load(path, allow_pickle=False)
+    if reference.ndim != 2 or reference.shape[1] != n_outputs or len(reference) < 20:
+        raise ValueError(f"{path.name}: expected at least 20 rows of {n_outputs} probabilities, got shape {reference.shape}")
+    if not np.all(np.isfinite(reference)) or not np.allclose(reference.sum(axis=1), 1.0, atol=1e-3):
+        raise ValueError(f"{path.name}: rows must be finite probabilities that sum to 1")
+    return reference

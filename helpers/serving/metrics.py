@@ -26,10 +26,16 @@ class ServerMetrics:
                                  "(2: p = 0.01), by model", ["model"], registry=self.registry)
         self.drift_windows = Counter("model_drift_windows_total", "Windows of outputs tested for drift", ["model"],
                                      registry=self.registry)
+        self.drift_in_a_row = Gauge("model_drift_flagged_in_a_row", "Consecutive windows flagged as drifted (p < alpha), "
+                                    "0 after a window that was not", ["model"], registry=self.registry)
+        self.drift_errors = Counter("model_drift_errors_total", "Drift tests that failed (logged; the request was answered)",
+                                    ["model"], registry=self.registry)
         self.window_confidence = Gauge("model_window_confidence", "Mean top-class probability in the last window: an "
                                        "estimate of accuracy before labels arrive", ["model"], registry=self.registry)
         self.versions_available = Gauge("model_versions_available", "Versions able to answer, by model", ["model"],
                                         registry=self.registry)
+        self.versions_failed = Gauge("model_versions_failed", "Versions in the repository that failed to load, by model",
+                                     ["model"], registry=self.registry)
 
     def child(self, metric, *labels):
         """metric.labels(*labels), remembered: the lookup costs a few microseconds per call, on every request."""
