@@ -101,3 +101,50 @@ def onnx_operator_times(directory, batch, runs: int = 20, threads: int = 2):
         if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
             times[event["args"]["op_name"]] = times.get(event["args"]["op_name"], 0) + event["dur"] / runs
     return pd.Series(times, name="microseconds per call").sort_values(ascending=False)
+
+
+# --------------------------------------------------------------------------- roofline: what bounds a model's speed
+
+
+def model_flops(model, example) -> int:
+    """Floating-point operations of one forward pass of a PyTorch model on `example` (a multiply-add counts as 2),
+    counted by PyTorch's own FlopCounterMode."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.eval()(example)
+    return int(counter.get_total_flops())
+
+
+def peak_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
+    """This machine's measured float32 matrix-multiply rate with `threads` threads (a practical compute roof)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        a, b = torch.randn(size, size), torch.randn(size, size)
+        torch.mm(a, b)  # warm-up
+        runs, started = 0, time.perf_counter()
+        while time.perf_counter() - started < seconds:
+            torch.mm(a, b)
+            runs += 1
+        return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
+    finally:
+        torch.set_num_threads(previous)
+
+
+def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
+    """Measured memory bandwidth: bytes read plus bytes written per second by one large array copy (the memory roof)."""
+    source = np.ones(megabytes * 2**20 // 4, np.float32)
+    target = np.empty_like(source)
+    best = min(timed_copy(source, target) for _ in range(repeats))
+    return 2 * source.nbytes / best / 1e9
+
+
+def timed_copy(source: np.ndarray, target: np.ndarray) -> float:
+    started = time.perf_counter()
+    np.copyto(target, source)
+    return time.perf_counter() - started

@@ -112,4 +112,12 @@ EXPECTATIONS = {
         "recovery_gap_points": ("<", 5.0),
         "runtime_s": ("<=", 90),
     },
+    "08_scaling_out": {
+        # two workers compute what one does (same global batch, same seed): identical accuracy up to rounding
+        "ddp_accuracy_gap_points": ("<=", 0.3),
+        # Ray Serve under load: nothing failed, and its best configuration keeps a real share of chapter 06's server
+        "ray_failed_requests": ("==", 0, "wrk"),
+        "ray_best_fraction": (">=", 0.25, "wrk"),
+        "runtime_s": ("<=", 90),
+    },
 }

@@ -50,6 +50,8 @@ def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
     result = runner.execute(notebook, executed, smoke=True, progress=False)
     runner.record_run(EXECUTED_DIR / "runs.json", result)  # smoke runtimes and memory, to spot a notebook growing slow
     assert result.ok, f"{notebook.name} failed at {result.error}; the executed copy is {executed}"
+    left = processes_started_since(started)
+    assert not left, f"{notebook.name} left processes running: {left}"
 
     nb = nbformat.read(executed, as_version=4)
     skipped = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip() and c.execution_count is None]
@@ -69,3 +71,29 @@ def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
             failures.append(f"{name} = {value!r}, expected {op} {bound}")
     assert not failures, "; ".join(failures)
 
+
+
+# What a notebook may start and must stop: servers, Prometheus, torchrun and its workers, Ray and HAProxy.
+STARTED_BY_NOTEBOOKS = ("helpers.serving", "prometheus", "torch.distributed.run", "helpers.distributed", "ray::", "raylet",
+                        "gcs_server", "haproxy", "tensorboard")
+
+
+def processes_started_since(started: float, grace_s: float = 15.0) -> list[str]:
+    """Processes matching STARTED_BY_NOTEBOOKS created after `started` and still alive `grace_s` seconds from now at
+    the latest (a process being stopped gets that long)."""
+    import psutil
+
+    deadline = time.time() + grace_s
+    while True:
+        left = []
+        for process in psutil.process_iter(["cmdline", "create_time", "status"]):
+            try:
+                cmdline = " ".join(process.info["cmdline"] or [])
+                if (process.info["create_time"] >= started and process.info["status"] != psutil.STATUS_ZOMBIE
+                        and any(mark in cmdline for mark in STARTED_BY_NOTEBOOKS)):
+                    left.append(f"{process.pid}: {cmdline[:120]}")
+            except psutil.Error:
+                continue
+        if not left or time.time() > deadline:
+            return left
+        time.sleep(0.5)

