@@ -12,6 +12,7 @@ import atexit
 import os
 import shutil
 import tempfile
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -65,7 +66,12 @@ def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
         finally:
             ray.shutdown()
             atexit.unregister(ray.shutdown)
-            kill_processes_mentioning(str(home))
+            # an HAProxy reload started while Serve shut down can outlive Ray: sweep until none has appeared for 1 s
+            quiet_since = time.monotonic()
+            while time.monotonic() - quiet_since < 1.0:
+                if kill_processes_mentioning(str(home)):
+                    quiet_since = time.monotonic()
+                time.sleep(0.2)
             shutil.rmtree(home, ignore_errors=True)
             for key, value in previous.items():
                 os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
@@ -160,20 +166,34 @@ def composed_app(directory: Path, **model_options):
     return serve.deployment(Preprocess, name="Preprocess").bind(model_app(directory, **model_options))
 
 
-def ray_cpu_seconds() -> dict[str, float]:
-    """CPU seconds used so far by each of Ray's processes on this machine (proxy, replicas, controller, raylet, GCS,
-    HAProxy), summed by role: measured before and after a load test, it shows where each request's CPU went."""
+def ray_cpu_seconds() -> dict[tuple[int, str], float]:
+    """CPU seconds used so far by each of Ray's processes on this machine, keyed by (pid, role): the proxy, each
+    replica, the controller, raylet, GCS, HAProxy. Ray renames a worker process after the method it is running
+    ("ray::ProxyActor.receive_asgi_messages"), so the role is the name up to that method."""
     import psutil
 
-    totals: dict[str, float] = {}
+    totals = {}
     for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
         try:
             cmdline = " ".join(process.info["cmdline"] or [])
             name = process.info["name"] or ""
+            times = process.info["cpu_times"]
         except (psutil.Error, TypeError):
             continue
-        role = (cmdline.split()[0] if cmdline.startswith("ray::") else
-                name if name in ("raylet", "gcs_server", "haproxy") else None)
-        if role and process.info["cpu_times"]:
-            totals[role] = totals.get(role, 0.0) + process.info["cpu_times"].user + process.info["cpu_times"].system
+        if cmdline.startswith("ray::"):
+            role = cmdline.split()[0].split(".")[0]
+        elif name in ("raylet", "gcs_server", "haproxy"):
+            role = name
+        else:
+            continue
+        if times:
+            totals[(process.pid, role)] = times.user + times.system
     return totals
+
+
+def cpu_ms_per_request(before: dict, after: dict, requests: int) -> dict[str, float]:
+    """CPU milliseconds per request by role between two `ray_cpu_seconds()` snapshots (processes matched by pid)."""
+    spent: dict[str, float] = {}
+    for (pid, role), seconds in after.items():
+        spent[role] = spent.get(role, 0.0) + seconds - before.get((pid, role), 0.0)
+    return {role: 1000 * s / requests for role, s in spent.items() if s > 0.005}

@@ -83,6 +83,7 @@ def processes_started_since(started: float, grace_s: float = 15.0) -> list[str]:
     the latest (a process being stopped gets that long)."""
     import psutil
 
+    time.sleep(3)  # a process started while the kernel shut down must show up before we look
     deadline = time.time() + grace_s
     while True:
         left = []

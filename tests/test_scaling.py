@@ -59,7 +59,7 @@ def test_the_ray_deployment_answers_like_the_course_server_and_ray_is_gone_after
     from ray import serve
 
     from helpers import export, models, training
-    from helpers.ray_serving import model_app, running_ray
+    from helpers.ray_serving import cpu_ms_per_request, model_app, ray_cpu_seconds, running_ray
     from helpers.serving.backends import load_backend
     from helpers.serving.client import infer_request
     from helpers.serving.process import free_port
@@ -76,8 +76,21 @@ def test_the_ray_deployment_answers_like_the_course_server_and_ray_is_gone_after
         np.testing.assert_allclose(np.reshape(answer.json()["outputs"][0]["data"], (3, 10)), expected, atol=1e-5)
         bad = httpx.post(f"{url}/v2/models/mnist/infer", content=b"{not json", headers=headers, timeout=30)
         assert bad.status_code == 400 and "error" in bad.json()
-        assert httpx.post(f"{url}/v2/models/mnist/infer", content=body, headers=headers, timeout=30).status_code == 200
+        before = ray_cpu_seconds()
+        for _ in range(20):
+            assert httpx.post(f"{url}/v2/models/mnist/infer", content=body, headers=headers, timeout=30).status_code == 200
+        split = cpu_ms_per_request(before, ray_cpu_seconds(), 20)
+        assert any(role.startswith("ray::ServeReplica") for role in split), split
     deadline = time.time() + 15
     while ray_processes() and time.time() < deadline:
         time.sleep(0.5)
     assert not ray_processes()
+
+
+def test_cpu_per_request_matches_processes_by_pid_even_when_ray_renames_them():
+    from helpers.ray_serving import cpu_ms_per_request
+
+    before = {(10, "ray::ProxyActor"): 5.0, (11, "ray::ServeReplica:a:M"): 1.0}
+    after = {(10, "ray::ProxyActor"): 5.2, (11, "ray::ServeReplica:a:M"): 1.1, (12, "ray::ServeReplica:a:M"): 0.1}
+    split = cpu_ms_per_request(before, after, 100)
+    assert split == pytest.approx({"ray::ProxyActor": 2.0, "ray::ServeReplica:a:M": 2.0})
