@@ -148,3 +148,16 @@ def timed_copy(source: np.ndarray, target: np.ndarray) -> float:
     started = time.perf_counter()
     np.copyto(target, source)
     return time.perf_counter() - started
+
+
+def activation_bytes(model, example) -> int:
+    """Bytes of the float32 feature maps an nn.Sequential passes from layer to layer for `example`: memory traffic a
+    roofline that counts only weights and input leaves out."""
+    import torch
+
+    total, x = 0, example
+    with torch.no_grad():
+        for layer in model.eval():
+            x = layer(x)
+            total += x.numel() * x.element_size()
+    return total

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import paths
+from helpers import export, paths
 
 RULES = paths.ROOT / "monitoring" / "alerts.yml"
 
@@ -63,27 +63,27 @@ def running_prometheus(targets: list[str], scrape_interval_s: float = 1.0, rules
         shutil.rmtree(home, ignore_errors=True)  # its time series are only for this run
 
 
-def query(url: str, promql: str) -> list[dict]:
-    """An instant query: [{"metric": labels, "value": float}, ...]."""
+def api_result(url: str, endpoint: str, params: dict, timeout_s: float = 10):
+    """The `data.result` of a Prometheus HTTP API answer, or a ValueError quoting Prometheus' own error."""
     import httpx
 
-    answer = httpx.get(f"{url}/api/v1/query", params={"query": promql}, timeout=10).json()
+    answer = httpx.get(f"{url}/api/v1/{endpoint}", params=params, timeout=timeout_s).json()
     if answer["status"] != "success":
-        raise ValueError(f"PromQL error for {promql!r}: {answer.get('error')}")
-    return [{"metric": r["metric"], "value": float(r["value"][1])} for r in answer["data"]["result"]]
+        raise ValueError(f"PromQL error for {params.get('query')!r}: {answer.get('error')}")
+    return answer["data"]["result"]
+
+
+def query(url: str, promql: str) -> list[dict]:
+    """An instant query: [{"metric": labels, "value": float}, ...]."""
+    return [{"metric": r["metric"], "value": float(r["value"][1])} for r in api_result(url, "query", {"query": promql})]
 
 
 def query_range(url: str, promql: str, start: float, end: float, step_s: float = 1.0):
     """A range query as a DataFrame: one column per series (named by its labels), indexed by unix time."""
-    import httpx
     import pandas as pd
 
-    answer = httpx.get(f"{url}/api/v1/query_range", params={"query": promql, "start": start, "end": end, "step": step_s},
-                       timeout=30).json()
-    if answer["status"] != "success":
-        raise ValueError(f"PromQL error for {promql!r}: {answer.get('error')}")
     columns = {}
-    for series in answer["data"]["result"]:
+    for series in api_result(url, "query_range", {"query": promql, "start": start, "end": end, "step": step_s}, 30):
         name = ",".join(f"{k}={v}" for k, v in sorted(series["metric"].items())) or promql
         columns[name] = pd.Series({float(t): float(v) for t, v in series["values"]})
     return pd.DataFrame(columns)
@@ -91,12 +91,7 @@ def query_range(url: str, promql: str, start: float, end: float, step_s: float =
 
 def wait_for_first_scrape(url: str, timeout_s: float = 30.0) -> None:
     """Poll until Prometheus has scraped the server at least once (`up == 1`)."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if any(r["value"] == 1 for r in query(url, 'up{job="inference-server"}')):
-            return
-        time.sleep(0.2)
-    raise TimeoutError(f"Prometheus at {url} did not scrape the server within {timeout_s} s")
+    wait_for_value(url, 'max(up{job="inference-server"})', 1, timeout_s)
 
 
 def wait_for_value(url: str, promql: str, at_least: float, timeout_s: float = 30.0) -> float:
@@ -266,27 +261,25 @@ class PSIDetector:
         return float((np.sum(self.null[m] >= psi(self.reference, window_classes)) + 1) / (self.draws + 1))
 
 
-def gaussian_kernel(z: np.ndarray, bandwidth: float) -> np.ndarray:
+def squared_distances(z: np.ndarray) -> np.ndarray:
+    """All pairwise squared Euclidean distances between the rows of `z`."""
     sq = np.sum(z**2, axis=1)
-    return np.exp(-np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0) / (2 * bandwidth**2))
+    return np.maximum(sq[:, None] + sq[None, :] - 2 * z @ z.T, 0)
 
 
-def mmd2(x: np.ndarray, y: np.ndarray, bandwidth: float) -> float:
-    """Squared maximum mean discrepancy with a Gaussian kernel (biased estimate): how far apart two samples' mean
-    embeddings are in the kernel's feature space; 0 for identical distributions."""
-    k = gaussian_kernel(np.concatenate([x, y]), bandwidth)
-    n = len(x)
-    return float(k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean())
+def gaussian_kernel(z: np.ndarray, bandwidth: float) -> np.ndarray:
+    return np.exp(-squared_distances(z) / (2 * bandwidth**2))
 
 
 def median_bandwidth(x: np.ndarray) -> float:
     """The median pairwise distance, the usual default kernel width."""
-    d = np.sqrt(np.maximum(np.sum(x**2, 1)[:, None] + np.sum(x**2, 1)[None, :] - 2 * x @ x.T, 0))
-    return float(np.median(d[np.triu_indices(len(x), 1)])) or 1.0
+    return float(np.median(np.sqrt(squared_distances(x))[np.triu_indices(len(x), 1)])) or 1.0
 
 
 class MMDDetector:
-    """MMD with a permutation test: how often shuffling the pooled samples gives a discrepancy at least as large.
+    """Squared maximum mean discrepancy (MMD^2, Gaussian kernel, biased estimate: how far apart two samples' mean
+    embeddings are in the kernel's feature space) with a permutation test: how often shuffling the pooled samples gives
+    a discrepancy at least as large.
     Multivariate (it sees changes in how coordinates move together, which per-column KS misses), but each window costs
     a kernel matrix over reference + window, so the reference is kept small."""
 
@@ -346,9 +339,8 @@ DRIFT_REFERENCE = "drift_reference.npy"
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
-    z = np.asarray(logits, np.float64)
-    z = np.exp(z - z.max(axis=1, keepdims=True))
-    return z / z.sum(axis=1, keepdims=True)
+    """export.softmax in float64: the probabilities a drift test compares, live and reference alike."""
+    return export.softmax(np.asarray(logits, np.float64))
 
 
 def add_drift_reference(directory: Path, logits: np.ndarray) -> Path:
@@ -504,8 +496,7 @@ class Traffic:
                     values = read_metrics(self.url)
                 except Exception:  # the day goes on; this window's server-side numbers are missing
                     values = {}
-                self.scores.append({"window": k, "t": time.time(), "drift_score": metric(values, "model_drift_score", model=self.model),
-                                    "confidence": metric(values, "model_window_confidence", model=self.model)})
+                self.scores.append({"window": k, "t": time.time(), "drift_score": metric(values, "model_drift_score", model=self.model)})
 
     def frames(self):
         """(per request, per window) DataFrames."""

@@ -159,8 +159,11 @@ class Server:
             self.watch_drift(model, state, y)
         return y
 
-    def live_states(self) -> set[int]:
-        return {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
+    def forget_unloaded(self, cache: dict) -> list:
+        """Drop and return the entries of a per-version-state `cache` (id(state) -> (state, thing)) whose state is no
+        longer loaded: batchers and drift monitors belong to a loaded version, not to a version number."""
+        live = {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
+        return [cache.pop(key)[1] for key in [k for k in cache if k not in live]]
 
     def watch_drift(self, model: str, state, y: np.ndarray) -> None:
         """Feed the outputs to this version's drift monitor and publish each finished window (a test costs well under a
@@ -171,9 +174,7 @@ class Server:
 
         try:
             if id(state) not in self.drift_monitors:
-                live = self.live_states()
-                for key in [k for k in self.drift_monitors if k not in live]:
-                    self.drift_monitors.pop(key)
+                self.forget_unloaded(self.drift_monitors)
                 self.drift_monitors[id(state)] = (state, DriftMonitor(state.backend.drift_reference, self.settings.drift_window,
                                                                       self.settings.drift_alpha))
                 if self.repository.get(model).version == state.version:  # a new version starts with no evidence either way
@@ -196,9 +197,8 @@ class Server:
         """The batcher of this loaded version. A version reloaded under the same number is a new state with a new
         backend, so batchers belong to states; those of states no longer loaded are closed here."""
         if id(state) not in self.batchers:
-            live = self.live_states()
-            for key in [k for k in self.batchers if k not in live]:
-                asyncio.get_running_loop().create_task(self.batchers.pop(key)[1].close())
+            for stale in self.forget_unloaded(self.batchers):
+                asyncio.get_running_loop().create_task(stale.close())
             histogram = self.metrics.child(self.metrics.batch_size, model)
             self.batchers[id(state)] = (state, DynamicBatcher(state.backend.predict, self.settings.batch_max_size,
                                                               self.settings.batch_max_delay_ms, on_batch=histogram.observe))
