@@ -65,8 +65,30 @@ def ray_processes() -> list[str]:
             if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
 
 
-@pytest.mark.parametrize("haproxy", [False, True], ids=["python-proxy", "haproxy"])
-def test_the_ray_deployment_answers_like_the_course_server_and_ray_is_gone_after(haproxy, real_mnist, tmp_path, artifacts_in_tmp):
+def in_child_process(function, *args) -> None:
+    """Run `function(*args)` in a fresh (spawned) process. A Ray driver can crash its interpreter while it exits, after
+    every check has passed; in a child, that exit is skipped (os._exit) and cannot take the test session down."""
+    import multiprocessing
+
+    child = multiprocessing.get_context("spawn").Process(target=exit_after, args=(function, *args))
+    child.start()
+    child.join(300)
+    assert child.exitcode == 0, f"{function.__name__} failed in its child process (exit code {child.exitcode}; traceback above)"
+
+
+def exit_after(function, *args) -> None:
+    import os
+    import traceback
+
+    try:
+        function(*args)
+    except BaseException:
+        traceback.print_exc()
+        os._exit(1)
+    os._exit(0)
+
+
+def deployment_answers_like_the_course_server(haproxy, images, tmp_path):
     import httpx
     import torch
     from ray import serve
@@ -79,7 +101,7 @@ def test_the_ray_deployment_answers_like_the_course_server_and_ray_is_gone_after
 
     torch.manual_seed(0)
     directory = export.export_torch_onnx(models.torch_model("source_cnn").eval(), "source_cnn", 1, {"file_sha256": "d" * 64})
-    x = training.images_for("torch", real_mnist.x_test[:3])
+    x = training.images_for("torch", images)
     expected = load_backend(directory).predict(x)
     body, headers = infer_request(x, "images", binary=False)
     with running_ray(free_port(), haproxy=haproxy) as url:
@@ -94,6 +116,11 @@ def test_the_ray_deployment_answers_like_the_course_server_and_ray_is_gone_after
             assert httpx.post(f"{url}/v2/models/mnist/infer", content=body, headers=headers, timeout=30).status_code == 200
         split = cpu_ms_per_request(before, ray_cpu_seconds(), 20)
         assert any(role.startswith("ray::ServeReplica") for role in split), split
+
+
+@pytest.mark.parametrize("haproxy", [False, True], ids=["python-proxy", "haproxy"])
+def test_the_ray_deployment_answers_like_the_course_server_and_ray_is_gone_after(haproxy, real_mnist, tmp_path, artifacts_in_tmp):
+    in_child_process(deployment_answers_like_the_course_server, haproxy, real_mnist.x_test[:3], tmp_path)
     deadline = time.time() + 15
     while ray_processes() and time.time() < deadline:
         time.sleep(0.5)
@@ -109,13 +136,17 @@ def test_cpu_per_request_matches_processes_by_pid_even_when_ray_renames_them():
     assert split == pytest.approx({"ray::ProxyActor": 2.0, "ray::ServeReplica:a:M": 2.0})
 
 
-def test_an_error_inside_running_ray_still_stops_every_ray_process(artifacts_in_tmp):
+def error_inside_running_ray() -> None:
     from helpers.ray_serving import running_ray
     from helpers.serving.process import free_port
 
     with pytest.raises(RuntimeError, match="a failing cell"):
         with running_ray(free_port(), haproxy=True):
             raise RuntimeError("a failing cell")
+
+
+def test_an_error_inside_running_ray_still_stops_every_ray_process(artifacts_in_tmp):
+    in_child_process(error_inside_running_ray)
     deadline = time.time() + 15
     while ray_processes() and time.time() < deadline:
         time.sleep(0.5)
