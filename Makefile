@@ -2,6 +2,7 @@
 #   make course   set up, fetch MNIST, execute every chapter (full mode) -> build/course/index.html
 #   make test     set up, fetch MNIST, run the unit tests + every notebook in smoke mode
 #   make lab      set up, open JupyterLab on notebooks/ with the course kernel
+#   make demo     set up, start the server with the draw-a-digit page (chapter 09) on 127.0.0.1
 #   make student  write build/student/: the notebooks with solutions replaced by stubs
 #   make strip    clear outputs from notebooks/ before committing (the tests refuse committed outputs)
 #   make clean    delete build/ and artifacts/ (distclean: also .venv and data/mnist.npz)
@@ -18,14 +19,14 @@ KERNEL_DISPLAY := Python 3.11 (deploy-dl course)
 PYTHON311 := $(shell command -v python3.11 2>/dev/null || \
 	(python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v python3))
 
-.PHONY: help setup data lab course test student strip clean distclean
+.PHONY: help setup data lab course test demo student strip clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml Makefile
+$(STAMP): requirements.txt pyproject.toml Makefile web/package-lock.json
 	@if [ -z "$(PYTHON311)" ]; then \
 	  echo "ERROR: Python 3.11 is required (found: $$(python3 --version 2>&1))."; \
 	  echo "Install it (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.11; or pyenv) and re-run."; \
@@ -46,6 +47,15 @@ $(STAMP): requirements.txt pyproject.toml Makefile
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1 || \
 	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null 2>&1); }; } || \
 	  echo "Note: prometheus is not installed (apt-get install prometheus / brew install prometheus); chapter 07 reads /metrics directly without it."
+	@# chromium, chapter 09's browser (driven by Playwright, whose own browser download needs the internet): the same way
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
+	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1); }; } || \
+	  echo "Note: chromium is not installed (apt-get install chromium; macOS: install Chrome and set COURSE_CHROMIUM); chapter 09 skips its browser measurements without it."
+	@# ONNX Runtime Web, the page's runtime, from the npm registry exactly as web/package-lock.json pins it (not committed)
+	@if command -v npm >/dev/null; then npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null || \
+	  echo "Note: npm ci failed in web/; the demo page will answer on the server path only."; \
+	  else echo "Note: npm is not installed (apt-get install npm / brew install node); the demo page will answer on the server path only."; fi
 	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 >/dev/null
 	@touch $(STAMP)
@@ -62,6 +72,9 @@ course: data
 
 test: data
 	$(PY) -m pytest
+
+demo: data
+	$(PY) -m helpers.demo
 
 student: setup
 	$(PY) -m helpers.student

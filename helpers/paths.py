@@ -13,6 +13,8 @@ NOTEBOOKS = ROOT / "notebooks"
 DATA = ROOT / "data"
 MNIST_NPZ = DATA / "mnist.npz"
 REQUIREMENTS = ROOT / "requirements.txt"
+WEB = ROOT / "web"  # the browser demo (chapter 09)
+WEB_RUNTIME = WEB / "node_modules" / "onnxruntime-web" / "dist"  # installed by `make setup` with npm, not committed
 
 
 def artifacts() -> Path:

@@ -50,3 +50,14 @@ def test_check_versions_passes_on_this_install():
 
 def test_a_local_build_tag_is_the_same_release():
     assert env.same_release("2.13.0+cpu", "2.13.0") and not env.same_release("2.13.1", "2.13.0")
+
+
+def test_the_browser_runtime_is_pinned_exactly_and_locked():
+    """web/package.json pins ONNX Runtime Web with an exact version (no ^ or ~) and the lock file agrees with it."""
+    import json
+
+    package = json.loads((paths.WEB / "package.json").read_text())
+    lock = json.loads((paths.WEB / "package-lock.json").read_text())
+    for name, version in package["dependencies"].items():
+        assert re.fullmatch(r"\d+\.\d+\.\d+", version), f"{name}: pin an exact version, not {version!r}"
+        assert lock["packages"][f"node_modules/{name}"]["version"] == version, f"{name}: run `npm install` in web/ to update the lock"

@@ -11,34 +11,23 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-import torch
 from prometheus_client.parser import text_string_to_metric_families
 
-from helpers import export, models
 from helpers.serving import client as serving_client
 from helpers.serving.__main__ import main as server_main
 from helpers.serving.process import running_server
+from small_models import make_export
 
 RNG = np.random.default_rng(0)
 X = RNG.random((4, 1, 28, 28), dtype=np.float32)
-CARD = {"name": "source_cnn", "file_sha256": "c" * 64}
-
-
-def make_export(tmp_path, seed: int):
-    """A small ONNX export (random weights) in its own artifacts folder; returns (folder, reference logits)."""
-    os.environ["COURSE_ARTIFACTS"] = str(tmp_path / f"artifacts-{seed}")
-    torch.manual_seed(seed)
-    model = models.torch_model("source_cnn").eval()
-    directory = export.export_torch_onnx(model, "source_cnn", 1, CARD)
-    return directory, export.torch_predictor(model)(X)
 
 
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
     saved = os.environ.get("COURSE_ARTIFACTS")
-    v1, reference = make_export(tmp, seed=1)
-    v2, reference_v2 = make_export(tmp, seed=2)
+    v1, reference = make_export(tmp, seed=1, x=X)
+    v2, reference_v2 = make_export(tmp, seed=2, x=X)
     if saved is not None:
         os.environ["COURSE_ARTIFACTS"] = saved
     root = tmp / "repository"

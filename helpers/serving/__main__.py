@@ -35,6 +35,7 @@ def parse_args(argv=None):
                         help="outputs per drift test, for versions shipping a drift reference (0: off)")
     parser.add_argument("--drift-alpha", type=float, default=defaults.drift_alpha,
                         help="flag a window as drifted when its p-value is below this")
+    parser.add_argument("--demo", action="store_true", help="also serve the browser demo (web/) under /demo/")
     parser.add_argument("--max-connections", type=int, default=1000, help="beyond this many, new connections get 503")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
                         max_batch_size=args.max_batch_size, request_timeout_s=args.request_timeout_s, batching=args.batching,
                         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms,
                         poll_interval_s=args.poll_interval_s, drift_window=args.drift_window,
-                        drift_alpha=args.drift_alpha)
+                        drift_alpha=args.drift_alpha, demo=args.demo)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", limit_concurrency=args.max_connections)
     return 0

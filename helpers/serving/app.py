@@ -48,6 +48,7 @@ class Settings:
     poll_interval_s: float = 1.0  # how often the repository is scanned for new versions
     drift_window: int = 50  # outputs per drift test, for versions that ship a drift reference (chapter 07)
     drift_alpha: float = 0.01  # a window is flagged as drifted when its test's p-value is below this
+    demo: bool = False  # serve the browser demo under /demo/ (chapter 09)
 
 
 V1_PATH = re.compile(r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>\w+)|/(?P<metadata>metadata))?$")
@@ -275,6 +276,11 @@ def create_app(settings: Settings) -> FastAPI:
         return await server.respond("empty", handle)
 
     app.post("/empty")(empty)  # as a FastAPI endpoint: the framework's own floor
+
+    if settings.demo:
+        from helpers.serving import demo  # imported here: it imports this module
+
+        demo.add_routes(app, server)
 
     # ------------------------------------------------------------------ TensorFlow Serving REST API
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers import export
-from helpers.integrity import verify_manifest
+from helpers.integrity import IntegrityError, sha256_bytes, verify_manifest
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,10 @@ class OnnxBackend(Backend):
         self.session = export.load_onnx(directory, threads=1)  # a server gets its parallelism from requests, not inside one
         self.input, self.output = spec_from_manifest(manifest["inputs"]), spec_from_manifest(manifest["outputs"])
         self.input_name = self.session.get_inputs()[0].name
+        # the verified bytes, for the browser demo to run the very same model on the device (chapter 09)
+        self.model_bytes = (Path(directory) / "model.onnx").read_bytes()
+        if sha256_bytes(self.model_bytes) != manifest["files"]["model.onnx"]["sha256"]:
+            raise IntegrityError(f"refusing to load {directory}: model.onnx changed while it was being loaded")
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]

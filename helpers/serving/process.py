@@ -90,11 +90,14 @@ def running(command: list[str], ready_path: str, name: str, port: int, env: dict
 
 
 @contextmanager
-def running_server(repository: Path, batching: bool = False, api_key: str | None = None, name: str = "server", **options):
-    """The course's inference server on a free port. `options` are its command-line flags, e.g. batch_max_delay_ms=2."""
+def running_server(repository: Path, batching: bool = False, api_key: str | None = None, name: str = "server",
+                   demo: bool = False, **options):
+    """The course's inference server on a free port. `options` are its command-line flags, e.g. batch_max_delay_ms=2;
+    `demo=True` also serves the browser demo under /demo/."""
     port = free_port()
     command = [sys.executable, "-m", "helpers.serving", "--repository", str(Path(repository).resolve()), "--port", str(port)]
     command += ["--batching"] if batching else []
+    command += ["--demo"] if demo else []
     for flag, value in options.items():
         command += [f"--{flag.replace('_', '-')}", str(value)]
     env = {"COURSE_SERVING_API_KEY": api_key or ""}

@@ -1,0 +1,70 @@
+"""The browser demo's model repository, and `python -m helpers.demo` (`make demo`): one command for the whole demo.
+
+The repository holds chapter 04's float32 ONNX export of the PyTorch `source_cnn` as model `mnist`, and chapter 05's
+int8 (static, QDQ) quantization of it as `mnist_int8`; both are rebuilt the way those chapters make them when they
+are missing. The server then serves them over KServe v2 and, with `--demo`, the page and the model files under /demo/.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from helpers import data, export, model_store, paths, quantize, training
+from helpers.serving.repository import publish
+
+CALIBRATION_IMAGES = 500  # as in chapter 05
+
+
+def repository_root() -> Path:
+    return paths.artifacts() / "demo-repository"
+
+
+def build_repository(smoke: bool = False, seed: int = 0, root: Path | None = None) -> dict[str, Path]:
+    """Publish `mnist` (float32) and `mnist_int8` into the demo repository; returns {model name: its export folder}."""
+    root = root or repository_root()
+    model, card = model_store.ensure_model("torch", "source_cnn", smoke=smoke)
+    fp32 = export.current_export("onnx", "source_cnn", 1, card, lambda: export.export_torch_onnx(model, "source_cnn", 1, card))
+    int8 = export.export_dir("onnx", quantize.variant_name("source_cnn", "int8_minmax"), 1)
+    if not fresh_quantization(int8, fp32):
+        calibration = quantize.calibration_images(data.load_mnist().x_train, CALIBRATION_IMAGES, seed=seed)
+        int8 = quantize.quantize_onnx(fp32, "source_cnn", "static", training.images_for("torch", calibration), "minmax")
+    exports = {"mnist": fp32, "mnist_int8": int8}
+    for name, directory in exports.items():
+        publish(directory, root, name, 1)
+    return exports
+
+
+def fresh_quantization(quantized: Path, source: Path) -> bool:
+    """True if `quantized` verifies and was quantized from the float export now in `source` (same source card)."""
+    from helpers.integrity import IntegrityError, verify_manifest
+
+    try:
+        made_from, now = verify_manifest(quantized).get("source_card", {}), verify_manifest(source).get("source_card", {})
+    except IntegrityError:
+        return False
+    return bool(now.get("file_sha256")) and made_from.get("file_sha256") == now.get("file_sha256")
+
+
+def main(argv=None) -> int:
+    from helpers.serving.process import running_server
+
+    parser = argparse.ArgumentParser(prog="python -m helpers.demo", description="Start the course's server with the browser demo.")
+    parser.add_argument("--smoke", action="store_true", help="use (or train) the quick smoke-mode model")
+    args = parser.parse_args(argv)
+    exports = build_repository(smoke=args.smoke)
+    with running_server(repository_root(), demo=True, name="demo") as server:
+        print(f"Serving {', '.join(exports)} from {repository_root()}")
+        print(f"Open {server.url}/demo/ in a browser (Ctrl-C stops the server).", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("Stopped.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,191 @@
+"""The browser demo (chapter 09): the JavaScript preprocessing against its Python twin (in Node.js and in Chromium),
+the server's /demo routes, and the page itself driven by Playwright in headless Chromium: drawn with the mouse and
+answered on both paths. The browser tests are skipped, with the reason, only where Chromium or the runtime is absent."""
+
+import json
+import os
+import shutil
+import subprocess
+
+import httpx
+import numpy as np
+import pytest
+
+from helpers import browser, digits, export, paths
+from helpers.serving.process import running_server
+from small_models import make_export
+
+RNG = np.random.default_rng(0)
+PREPROCESS_JS = paths.WEB / "preprocess.js"
+ORT_FILES = ("ort.wasm.min.js", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
+
+
+def float_scribbles(count: int) -> list:
+    """Drawings with points anywhere in float64, some off the canvas: no help from round numbers."""
+    return [[[(float(x), float(y)) for x, y in RNG.uniform(-20, 300, (RNG.integers(1, 25), 2))]
+             for _ in range(RNG.integers(1, 4))] for _ in range(count)]
+
+
+def mnist_strokes(real_mnist, count: int) -> list:
+    return [digits.image_to_strokes(image) for image in real_mnist.x_test[:count]]
+
+
+def node_images(cases: list) -> np.ndarray:
+    script = (f"const P = require({json.dumps(str(PREPROCESS_JS))});"
+              "const cases = JSON.parse(require('fs').readFileSync(0, 'utf8'));"
+              "process.stdout.write(JSON.stringify(cases.map((c) => Array.from(P.strokesToImage(c)))));")
+    out = subprocess.run(["node", "-e", script], input=json.dumps(cases), capture_output=True, text=True, check=True)
+    return np.array(json.loads(out.stdout), dtype=np.float32).reshape(-1, 28, 28)
+
+
+# ---------------------------------------------------------------------------------------------- preprocessing
+
+
+def test_python_preprocessing_makes_mnist_style_images(real_mnist):
+    for strokes in mnist_strokes(real_mnist, 20) + digits.random_scribbles(RNG, 20, margin=-20) + float_scribbles(20):
+        image = digits.strokes_to_image(strokes)
+        assert image.shape == (28, 28) and image.dtype == np.float32
+        assert image.min() >= 0 and image.max() <= 1 and image.max() > 0
+        rows, cols = np.nonzero(image)
+        assert rows.max() - rows.min() < 21 and cols.max() - cols.min() < 21  # fits the 20x20 box (anti-aliased edge)
+        centre = [(image.sum(axis=1) @ np.arange(28)) / image.sum(), (image.sum(axis=0) @ np.arange(28)) / image.sum()]
+        assert np.all(np.abs(np.array(centre) - 13.5) <= 0.5 + 1e-9)  # centre of mass in the middle, to the pixel
+    assert not digits.strokes_to_image([]).any()
+
+
+def test_redrawn_mnist_digits_look_like_their_originals(real_mnist):
+    """Drawing MNIST digits as strokes and preprocessing them puts the ink where it was: blurred (the redraw's strokes
+    are thicker), each redraw matches its own original far better than another digit (measured: 0.90 vs 0.47)."""
+    from scipy.ndimage import gaussian_filter
+
+    def blurred(image):
+        return gaussian_filter(image.astype(np.float64), 1.0).ravel()
+
+    own, other = [], []
+    for i in range(50):
+        redrawn = blurred(digits.strokes_to_image(digits.image_to_strokes(real_mnist.x_test[i])))
+        own.append(np.corrcoef(redrawn, blurred(real_mnist.x_test[i]))[0, 1])
+        other.append(np.corrcoef(redrawn, blurred(real_mnist.x_test[i + 100]))[0, 1])
+    assert np.mean(own) > 0.85 and np.mean(other) < 0.6 and min(own) > 0.6
+
+
+def test_bad_strokes_are_refused_with_a_message():
+    with pytest.raises(ValueError, match="stroke 1 must be a non-empty list"):
+        digits.strokes_to_image([[(1, 2)], []])
+    with pytest.raises(ValueError, match="finite"):
+        digits.strokes_to_image([[(1, float("nan"))]])
+    with pytest.raises(ValueError, match="28x28"):
+        digits.image_to_strokes(np.zeros((27, 28), np.uint8))
+
+
+@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed: the JavaScript twin is tested in Chromium only")
+def test_javascript_preprocessing_equals_python_bit_for_bit_in_node(real_mnist):
+    cases = mnist_strokes(real_mnist, 30) + digits.random_scribbles(RNG, 30, margin=-20) + float_scribbles(30) + [[[(140.25, 140.75)]], []]
+    expected = np.stack([digits.strokes_to_image(c) for c in cases])
+    np.testing.assert_array_equal(node_images(cases), expected)
+
+
+# ---------------------------------------------------------------------------------------------- the server's /demo routes
+
+
+@pytest.fixture(scope="module")
+def demo_repository(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    saved = os.environ.get("COURSE_ARTIFACTS")
+    x = RNG.random((300, 1, 28, 28), dtype=np.float32)
+    directory, reference = make_export(tmp, seed=3, x=x)
+    if saved is not None:
+        os.environ["COURSE_ARTIFACTS"] = saved
+    root = tmp / "repository"
+    shutil.copytree(directory, root / "mnist" / "1")
+    return {"root": root, "export": directory, "x": x, "reference": reference}
+
+
+@pytest.fixture(scope="module")
+def demo_server(demo_repository):
+    with running_server(demo_repository["root"], demo=True, name="demo-test") as server:
+        yield server
+
+
+def test_demo_routes_serve_the_page_the_runtime_and_the_model(demo_server, demo_repository):
+    with httpx.Client(base_url=demo_server.url, timeout=30) as http:
+        assert http.get("/demo", follow_redirects=False).headers["location"] == "/demo/"
+        page = http.get("/demo/")
+        assert page.status_code == 200 and "preprocess.js" in page.text
+        # cross-origin isolation: the browser allows WebAssembly threads only with these
+        assert page.headers["cross-origin-opener-policy"] == "same-origin"
+        assert page.headers["cross-origin-embedder-policy"] == "require-corp"
+        assert http.get("/demo/preprocess.js").headers["content-type"].startswith("text/javascript")
+        model = http.get("/demo/models/mnist/model.onnx")
+        assert model.content == (demo_repository["export"] / "model.onnx").read_bytes()
+        assert model.headers["x-model-version"] == "1"
+        for bad, status in [("/demo/package.json", 404), ("/demo/models/nope/model.onnx", 404),
+                            ("/demo/models/mnist/model.onnx?version=x", 400), ("/demo/vendor/evil.js", 404)]:
+            answer = http.get(bad)
+            assert answer.status_code == status and answer.json()["error"], bad
+        if paths.WEB_RUNTIME.is_dir():
+            wasm = http.get("/demo/vendor/ort-wasm-simd-threaded.wasm")
+            assert wasm.headers["content-type"] == "application/wasm" and wasm.content[:4] == b"\0asm"
+        assert http.post("/v2/models/mnist/infer", content=b"{").status_code == 400  # still the inference server
+
+
+def test_without_demo_flag_there_is_no_demo(demo_repository):
+    with running_server(demo_repository["root"], name="no-demo") as server:
+        answer = httpx.get(f"{server.url}/demo/", timeout=30)
+        assert answer.status_code == 404 and "error" in answer.json()
+
+
+def test_a_missing_runtime_is_explained(tmp_path, demo_repository):
+    """Where npm was absent at setup, the vendor route says what to run (and the server path still works)."""
+    from fastapi.testclient import TestClient
+
+    from helpers.serving import demo
+    from helpers.serving.app import Settings, create_app
+
+    app = create_app(Settings(repository=demo_repository["root"]))
+    demo.add_routes(app.app, app.app.state.server, runtime=tmp_path / "not-installed")
+    with TestClient(app.app) as client:
+        answer = client.get("/demo/vendor/ort.wasm.min.js")
+    assert answer.status_code == 404 and "make setup" in answer.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------------- the page in Chromium
+
+needs_browser = pytest.mark.skipif(browser.missing() is not None, reason=f"browser test skipped: {browser.missing()}")
+
+
+@pytest.fixture(scope="module")
+def chromium():
+    with browser.running_browser() as running:
+        yield running
+
+
+@needs_browser
+def test_page_drawn_with_the_mouse_answers_like_python_on_both_paths(chromium, demo_server, demo_repository, real_mnist):
+    predict = export.onnx_predictor(export.load_onnx(demo_repository["export"]))
+    with browser.DemoPage(chromium, demo_server.url) as page:
+        assert page.info["deviceError"] is None and page.info["crossOriginIsolated"], page.console
+        for image in real_mnist.x_test[:3]:
+            page.clear()
+            page.draw(digits.image_to_strokes(image))
+            recorded = page.strokes()
+            expected = digits.strokes_to_image(recorded)  # the strokes the page saw, preprocessed by Python
+            probabilities = export.softmax(predict(expected.reshape(1, 1, 28, 28)).astype(np.float64))[0]
+            for path in ("device", "server"):
+                answer = page.classify(path)
+                np.testing.assert_array_equal(np.float32(answer["input"]).reshape(28, 28), expected)
+                assert np.abs(np.array(answer["probs"]) - probabilities).max() <= 1e-5, path
+                assert answer["digit"] == probabilities.argmax() and answer["path"] == path
+        assert not [line for line in page.console if line.startswith(("error", "pageerror"))], page.console
+
+
+@needs_browser
+def test_page_runs_the_model_like_onnx_runtime_and_downloads_only_from_the_server(chromium, demo_server, demo_repository):
+    with browser.DemoPage(chromium, demo_server.url, threads=2) as page:
+        assert page.info["threads"] == 2 and page.info["crossOriginIsolated"]
+        logits, ms = page.classify_images(demo_repository["x"])
+        np.testing.assert_allclose(logits, demo_repository["reference"], atol=1e-4)
+        assert len(ms) == len(logits) and np.all(ms >= 0)
+        downloads = page.downloads()
+    assert set(ORT_FILES) <= {d["url"].rsplit("/", 1)[-1] for d in downloads}
+    assert all(d["url"].startswith(demo_server.url) or d["url"].startswith("data:") for d in downloads), downloads
