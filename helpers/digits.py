@@ -19,6 +19,7 @@ CANVAS_SIZE = 280  # the page's canvas, in CSS pixels: 10x MNIST's 28
 PEN_RADIUS = 10.0  # canvas pixels; a 200-pixel digit ends up with ~2-pixel strokes, as in MNIST
 BOX, SIZE, SUPERSAMPLE = 20, 28, 4  # fit into BOX x BOX, centre in SIZE x SIZE, SUPERSAMPLE^2 samples per pixel
 GRID = SIZE * SUPERSAMPLE
+LIMIT = 1e6  # |coordinate| bound, in canvas pixels: keeps every intermediate finite in both twins
 
 
 def check_strokes(strokes) -> list[np.ndarray]:
@@ -28,6 +29,8 @@ def check_strokes(strokes) -> list[np.ndarray]:
         points = np.asarray(stroke, dtype=np.float64)
         if points.ndim != 2 or points.shape[1] != 2 or len(points) == 0 or not np.isfinite(points).all():
             raise ValueError(f"stroke {index} must be a non-empty list of finite (x, y) points, got shape {points.shape}")
+        if np.abs(points).max() > LIMIT:
+            raise ValueError(f"stroke {index} has a point beyond {LIMIT:.0e} canvas pixels")
         checked.append(points)
     return checked
 
@@ -81,8 +84,11 @@ def coverage(strokes: list[np.ndarray]) -> np.ndarray:
 
 
 def centre_by_mass(image: np.ndarray) -> np.ndarray:
-    """Translate by whole pixels so the centre of mass is at the frame's centre, as MNIST did (ink shifted out is lost)."""
+    """Translate by whole pixels so the centre of mass is at the frame's centre, as MNIST did (ink shifted out is lost).
+    An image with no ink (a drawing so wide the pen falls between the samples) stays blank."""
     total = image.sum()
+    if total == 0:
+        return image
     rows = np.arange(SIZE, dtype=np.float64)
     cy, cx = (image.sum(axis=1) @ rows) / total, (image.sum(axis=0) @ rows) / total  # exact: values are k/16
     dy, dx = math.floor((SIZE - 1) / 2 - cy + 0.5), math.floor((SIZE - 1) / 2 - cx + 0.5)

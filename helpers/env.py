@@ -9,11 +9,10 @@ import re
 import warnings
 from pathlib import Path
 
-import numpy as np
+from helpers import paths  # stdlib only at import: `make doctor` uses this module before setup
+from helpers.fixes import FIXES
 
-from helpers import paths
-
-FIX = "Fix: run `make setup` from the repository root (it reinstalls the pinned versions into .venv), then restart the kernel."
+FIX = "Fix: " + FIXES["setup"].fix
 
 
 def pinned_versions(requirements: Path = paths.REQUIREMENTS) -> dict[str, str]:
@@ -72,6 +71,8 @@ def check_versions(*names: str, requirements: Path = paths.REQUIREMENTS) -> bool
 
 def seed_everything(seed: int = 0) -> None:
     """Seed Python, NumPy and, if installed, PyTorch and TensorFlow/Keras: once per notebook."""
+    import numpy as np
+
     random.seed(seed)
     np.random.seed(seed)
     try:

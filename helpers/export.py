@@ -133,14 +133,17 @@ def savedmodel_to_onnx(savedmodel: Path, name: str, version: int, opset: int = 1
     return export_dir("onnx", name, version)
 
 
-def load_onnx(directory: Path, threads: int = THREADS):
-    """An ONNX Runtime session on the verified model.onnx, with a fixed thread count."""
+def load_onnx(directory: Path, threads: int = THREADS, model_bytes: bytes | None = None):
+    """An ONNX Runtime session on the verified model.onnx (or on `model_bytes`, already verified), with a fixed
+    thread count."""
     import onnxruntime as ort
 
-    verify_manifest(directory, required=("model.onnx",))
+    if model_bytes is None:
+        verify_manifest(directory, required=("model.onnx",))
     options = ort.SessionOptions()
     options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    return ort.InferenceSession(str(Path(directory) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+    model = model_bytes if model_bytes is not None else str(Path(directory) / "model.onnx")
+    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
 
 def onnx_predictor(session):

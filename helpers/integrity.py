@@ -7,7 +7,12 @@ from pathlib import Path
 
 
 class IntegrityError(RuntimeError):
-    """A file's content is not what was recorded when it was written."""
+    """A file's content is not what was recorded when it was written. The message ends with the learner's fix."""
+
+    def __init__(self, message: str):
+        from helpers.fixes import with_fix
+
+        super().__init__(with_fix(message, "tampered"))
 
 
 def sha256_bytes(data: bytes) -> str:
@@ -27,8 +32,8 @@ def verify_file(path: Path, expected_sha256: str) -> None:
     actual = sha256_file(path)
     if actual != expected_sha256:
         raise IntegrityError(
-            f"refusing to load {path}: its sha256 is {actual} but {expected_sha256} was recorded when it was saved. "
-            "The file is corrupt or was changed; delete it to rebuild it."
+            f"refusing to load {path}: its sha256 is {actual} but {expected_sha256} was recorded when it was saved: "
+            "the file is corrupt or was changed."
         )
 
 

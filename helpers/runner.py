@@ -78,7 +78,9 @@ def require_kernel() -> None:
     from jupyter_client.kernelspec import KernelSpecManager
 
     if KERNEL_NAME not in KernelSpecManager().find_kernel_specs():
-        raise RuntimeError(f"Jupyter kernel '{KERNEL_NAME}' is not registered. Run `make setup` first.")
+        from helpers.fixes import with_fix
+
+        raise RuntimeError(with_fix(f"Jupyter kernel '{KERNEL_NAME}' is not registered.", "kernel"))
 
 
 def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900, progress: bool = True) -> RunResult:

@@ -92,11 +92,12 @@ async function classify(path = state.path) {
   const x = Preprocess.strokesToImage(state.strokes);
   drawPreview(x);
   if (!x.some((v) => v > 0)) { showAnswer(null); return null; }
+  if (!state.meta) throw new Error("the page has not loaded the model's description from the server");
   if (path === "device" && !state.session) throw new Error(state.deviceError || "the model is not loaded yet");
-  const { logits, ms } = await infer[path](x);
+  const { logits, ms, version } = await infer[path](x);
   const probs = softmax(logits);
   const digit = probs.indexOf(Math.max(...probs));
-  const result = { path, model: state.model, digit, confidence: probs[digit], rejected: probs[digit] < state.reject,
+  const result = { path, model: state.model, version: version ?? state.load.modelVersion, digit, confidence: probs[digit], rejected: probs[digit] < state.reject,
                    probs, logits: Array.from(logits), ms, input: Array.from(x), strokes: structuredClone(state.strokes) };
   state.lastResult = result;
   showAnswer(result);
@@ -106,7 +107,8 @@ async function classify(path = state.path) {
 function showAnswer(result) {
   $("answer").textContent = !result ? "–" : result.rejected ? "not a digit?" : String(result.digit);
   $("answered-by").textContent = !result ? "" :
-    `${result.path === "device" ? "this device" : "the server"} · confidence ${(100 * result.confidence).toFixed(1)} %`;
+    `${result.path === "device" ? "this device" : "the server"} · ${result.model} v${result.version} · ` +
+    `confidence ${(100 * result.confidence).toFixed(1)} %`;
   const probs = result ? result.probs : new Array(10).fill(0);
   $("bars").replaceChildren(...probs.map((p, d) => {
     const row = document.createElement("div");
@@ -136,8 +138,9 @@ function setStatus(text, isError = false) {
 
 function canvasPoint(event) {
   const box = pad.getBoundingClientRect(); // the canvas may be shown at another size: strokes are in canvas pixels
-  return [(event.clientX - box.left) * Preprocess.CANVAS_SIZE / box.width,
-          (event.clientY - box.top) * Preprocess.CANVAS_SIZE / box.height];
+  const size = Preprocess.CANVAS_SIZE;
+  const clamp = (v) => Math.min(size, Math.max(0, v)); // the pointer stays captured off the canvas: ink stops at its edge
+  return [clamp((event.clientX - box.left) * size / box.width), clamp((event.clientY - box.top) * size / box.height)];
 }
 
 function paintStroke(points) {
@@ -194,11 +197,30 @@ $("model").addEventListener("change", () => { // another model: reload with it (
 // ----------------------------------------------------------------------------------------------- start
 
 async function start() {
+  try {
+    await describeModel();
+  } catch (error) { // no server path and no model: say so, and stay usable for another model
+    setStatus(`The server could not describe model '${state.model}': ${error.message}`, true);
+    throw error;
+  }
+  await loadDeviceOrFallBack();
+  clear();
+}
+
+async function describeModel() {
   const { doc: models } = await serverJson("/v2/repository/index", { method: "POST" });
   const ready = [...new Set(models.filter((m) => m.state === "READY").map((m) => m.name))];
+  if (!ready.length) throw new Error("no model is ready on the server");
+  if (!ready.includes(state.model)) {
+    setStatus(`Model '${state.model}' is not served here; showing '${ready[0]}' instead.`, true);
+    state.model = ready[0];
+  }
   $("model").replaceChildren(...ready.map((name) => new Option(name, name, false, name === state.model)));
   state.meta = (await serverJson(`/v2/models/${encodeURIComponent(state.model)}`)).doc;
   $("notes-server").textContent = `KServe v2, model ${state.model} version ${state.meta.versions.at(-1)}`;
+}
+
+async function loadDeviceOrFallBack() {
   try {
     await loadDevice(state.model);
     $("notes-device").textContent = `ONNX Runtime Web ${ort.env.versions.web}, WebAssembly, ${state.threads} thread(s)` +
@@ -210,7 +232,6 @@ async function start() {
     document.querySelector("input[value=server]").click();
     setStatus(`On-device path unavailable: ${error.message}`, true);
   }
-  clear();
 }
 
 function toBase64(array) {

@@ -14,12 +14,16 @@
   "use strict";
   const CANVAS_SIZE = 280, PEN_RADIUS = 10.0, BOX = 20, SIZE = 28, SUPERSAMPLE = 4;
   const GRID = SIZE * SUPERSAMPLE;
+  const LIMIT = 1e6; // |coordinate| bound, in canvas pixels: keeps every intermediate finite in both twins
 
   function checkStrokes(strokes) {
     strokes.forEach((stroke, index) => {
       const ok = Array.isArray(stroke) && stroke.length > 0 &&
         stroke.every((p) => Array.isArray(p) && p.length === 2 && Number.isFinite(p[0]) && Number.isFinite(p[1]));
       if (!ok) throw new Error(`stroke ${index} must be a non-empty array of finite [x, y] points`);
+      if (stroke.some((p) => Math.abs(p[0]) > LIMIT || Math.abs(p[1]) > LIMIT)) {
+        throw new Error(`stroke ${index} has a point beyond ${LIMIT} canvas pixels`);
+      }
     });
   }
 
@@ -82,13 +86,15 @@
     return image.map((count) => count / (SUPERSAMPLE * SUPERSAMPLE));
   }
 
-  // translate by whole pixels so the centre of mass is at the frame's centre (ink shifted out is lost)
+  // translate by whole pixels so the centre of mass is at the frame's centre (ink shifted out is lost); an image
+  // with no ink (a drawing so wide the pen falls between the samples) stays blank
   function centreByMass(image) {
     let total = 0, sumY = 0, sumX = 0;
     for (let r = 0; r < SIZE; r++) for (let c = 0; c < SIZE; c++) {
       const v = image[r * SIZE + c];
       total += v; sumY += r * v; sumX += c * v; // exact: every value is k/16
     }
+    if (total === 0) return Float32Array.from(image);
     const dy = Math.floor((SIZE - 1) / 2 - sumY / total + 0.5), dx = Math.floor((SIZE - 1) / 2 - sumX / total + 0.5);
     const out = new Float32Array(SIZE * SIZE);
     for (let r = 0; r < SIZE; r++) for (let c = 0; c < SIZE; c++) {

@@ -43,13 +43,15 @@ class OnnxBackend(Backend):
     platform = "onnxruntime_onnx"
 
     def __init__(self, directory: Path, manifest: dict):
-        self.session = export.load_onnx(directory, threads=1)  # a server gets its parallelism from requests, not inside one
-        self.input, self.output = spec_from_manifest(manifest["inputs"]), spec_from_manifest(manifest["outputs"])
-        self.input_name = self.session.get_inputs()[0].name
-        # the verified bytes, for the browser demo to run the very same model on the device (chapter 09)
+        # read once and checked again here, so the session runs exactly these bytes, which the browser demo also
+        # serves (chapter 09): the page runs the very model the server runs
         self.model_bytes = (Path(directory) / "model.onnx").read_bytes()
         if sha256_bytes(self.model_bytes) != manifest["files"]["model.onnx"]["sha256"]:
             raise IntegrityError(f"refusing to load {directory}: model.onnx changed while it was being loaded")
+        # a server gets its parallelism from requests, not inside one
+        self.session = export.load_onnx(directory, threads=1, model_bytes=self.model_bytes)
+        self.input, self.output = spec_from_manifest(manifest["inputs"]), spec_from_manifest(manifest["outputs"])
+        self.input_name = self.session.get_inputs()[0].name
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.session.run(None, {self.input_name: x})[0]

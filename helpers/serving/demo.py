@@ -4,7 +4,8 @@
     GET /demo/<file>.{html,js,css}     the page's own files, from web/
     GET /demo/vendor/ort*.{js,mjs,wasm}  ONNX Runtime Web, from web/node_modules (installed by `make setup`, never a CDN)
     GET /demo/models/<model>/model.onnx  the ONNX file of the version the server is running, so that the page runs the
-                                         very same model on the device (?version=N for an older one)
+                                         very same model on the device (?version=N for an older one); behind the
+                                         API key when the server has one (the page then answers on no path)
 
 Every /demo response carries the two headers that make the page cross-origin isolated (COOP and COEP): without them
 the browser has no SharedArrayBuffer and ONNX Runtime Web runs on one thread only.
@@ -66,6 +67,7 @@ def add_routes(app, server, web: Path = paths.WEB, runtime: Path = paths.WEB_RUN
     @app.get("/demo/models/{model}/model.onnx")
     async def model_file(model: str, request: Request):
         async def handle(labels):
+            server.authorize(request)  # the model file is the model: with an API key set, only key holders get it
             labels["model"] = model
             state = server.lookup(model, parse_version(request.query_params.get("version")))
             labels["version"] = str(state.version)

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import paths
+from helpers.fixes import with_fix
 
 
 @dataclass(frozen=True)
@@ -44,8 +45,8 @@ def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: 
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise RuntimeError(f"the server exited with code {process.returncode} while starting; end of {log}:\n"
-                               + log.read_text()[-3000:])
+            raise RuntimeError(with_fix(f"the server exited with code {process.returncode} while starting; end of {log}:\n"
+                                         + log.read_text()[-3000:], "not-ready"))
         try:
             with urllib.request.urlopen(url, timeout=2) as response:
                 if response.status == 200:
@@ -53,7 +54,7 @@ def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: 
         except (urllib.error.URLError, ConnectionError, TimeoutError):
             pass
         time.sleep(0.1)
-    raise TimeoutError(f"{url} did not answer 200 within {timeout_s} s; see {log}")
+    raise TimeoutError(with_fix(f"{url} did not answer 200 within {timeout_s} s; see {log}", "not-ready"))
 
 
 def stop(process: subprocess.Popen, grace_s: float = 10.0) -> None:
@@ -91,10 +92,10 @@ def running(command: list[str], ready_path: str, name: str, port: int, env: dict
 
 @contextmanager
 def running_server(repository: Path, batching: bool = False, api_key: str | None = None, name: str = "server",
-                   demo: bool = False, **options):
-    """The course's inference server on a free port. `options` are its command-line flags, e.g. batch_max_delay_ms=2;
-    `demo=True` also serves the browser demo under /demo/."""
-    port = free_port()
+                   demo: bool = False, port: int | None = None, **options):
+    """The course's inference server on a free port (or `port`). `options` are its command-line flags, e.g.
+    batch_max_delay_ms=2; `demo=True` also serves the browser demo under /demo/."""
+    port = port or free_port()
     command = [sys.executable, "-m", "helpers.serving", "--repository", str(Path(repository).resolve()), "--port", str(port)]
     command += ["--batching"] if batching else []
     command += ["--demo"] if demo else []
