@@ -13,12 +13,11 @@ import time
 from pathlib import Path
 
 from helpers import data, export, model_store, paths, quantize, training
-from helpers.doctor import DEMO_PORT, port_free
 from helpers.fixes import with_fix
+from helpers.serving.process import DEMO_PORT, port_free
 from helpers.serving.repository import publish
 
 CALIBRATION_IMAGES = 500  # as in chapter 05
-PORT = DEMO_PORT  # `make demo`'s address, the same for everyone in a workshop (`make demo PORT=...` to change it)
 
 
 def repository_root() -> Path:
@@ -56,10 +55,10 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="python -m helpers.demo", description="Start the course's server with the browser demo.")
     parser.add_argument("--smoke", action="store_true", help="use (or train) the quick smoke-mode model")
-    parser.add_argument("--port", type=int, default=PORT, help=f"port on 127.0.0.1 (default {PORT}: one address for a whole class)")
+    parser.add_argument("--port", type=int, default=DEMO_PORT, help=f"port on 127.0.0.1 (default {DEMO_PORT}: one address for a whole class)")
     args = parser.parse_args(argv)
     if not port_free(args.port):
-        print(with_fix(f"port {args.port} on 127.0.0.1 is in use", "port").replace("PORT", str(args.port)), file=sys.stderr)
+        print(with_fix(f"port {args.port} on 127.0.0.1 is in use", "port", args.port), file=sys.stderr)
         return 2
     exports = build_repository(smoke=args.smoke)
     with running_server(repository_root(), demo=True, name="demo", port=args.port) as server:

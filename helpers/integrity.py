@@ -7,12 +7,13 @@ from pathlib import Path
 
 
 class IntegrityError(RuntimeError):
-    """A file's content is not what was recorded when it was written. The message ends with the learner's fix."""
+    """A file's content is not what was recorded when it was written. Its text ends with the learner's fix (added when
+    shown, not stored: a pickled copy, as Ray and spawned processes make, does not repeat it)."""
 
-    def __init__(self, message: str):
+    def __str__(self) -> str:
         from helpers.fixes import with_fix
 
-        super().__init__(with_fix(message, "tampered"))
+        return with_fix(super().__str__(), "tampered")
 
 
 def sha256_bytes(data: bytes) -> str:

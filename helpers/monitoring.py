@@ -48,7 +48,9 @@ def running_prometheus(targets: list[str], scrape_interval_s: float = 1.0, rules
     from helpers.serving.process import free_port, running
 
     if not prometheus_available():
-        raise FileNotFoundError("prometheus is not installed (Debian/Ubuntu: apt-get install prometheus; macOS: brew install prometheus)")
+        from helpers.fixes import with_fix
+
+        raise FileNotFoundError(with_fix("prometheus is not installed", "prometheus"))
     port = free_port()
     home = paths.artifacts() / "prometheus" / str(port)
     shutil.rmtree(home, ignore_errors=True)

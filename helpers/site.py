@@ -66,8 +66,13 @@ def source_links(source: str) -> str:
 
 
 def chapter_header(info: dict, run: dict | None) -> str:
-    measured = (f"**Measured in this build (full mode):** {course.format_duration(run['seconds'])}, "
-                f"peak memory {run['peak_rss_mb'] / 1024:.2f} GiB." if run and "seconds" in run else "**Not executed in this build.**")
+    if run and run.get("error"):
+        measured = f"**This chapter FAILED in this build** ({run['error']}): its outputs stop there."
+    elif run and "seconds" in run:
+        measured = (f"**Measured in this build (full mode):** {course.format_duration(run['seconds'])}, "
+                    f"peak memory {run['peak_rss_mb'] / 1024:.2f} GiB.")
+    else:
+        measured = "**No measurement of this chapter in this build.**"
     return f"{measured} **Source document:** {source_links(info['source'])}.\n\n---"
 
 
@@ -150,9 +155,10 @@ suppress_warnings = ["mystnb.unknown_mime_type", "myst.header"]
 
 def build_site(source: Path, out: Path) -> Path:
     """The site of the executed notebooks in `source` (with their runs.json) -> `out`/index.html."""
-    executed = sorted(source.glob("[0-9][0-9]_*.ipynb"))
-    if not executed:
-        raise FileNotFoundError(f"no executed chapters in {source}: run `make course` first")
+    executed = [source / nb.name for nb in paths.notebooks()]
+    if missing := [nb.name for nb in executed if not nb.exists()]:
+        raise FileNotFoundError(f"{source} has no executed copy of {', '.join(missing)}: run `make course` first "
+                                "(it executes only what changed), then `make site`")
     runs = runner.load_runs(source / "runs.json")
     project = out.with_name(out.name + "-src")  # the Sphinx project: build/site-src beside build/site
     shutil.rmtree(project, ignore_errors=True)
@@ -165,6 +171,7 @@ def build_site(source: Path, out: Path) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     result = subprocess.run([sys.executable, "-m", "sphinx", "-b", "html", "-q", str(project), str(out)],
                             capture_output=True, text=True)
+    shutil.rmtree(out.parent / "jupyter_execute", ignore_errors=True)  # MyST-NB's scratch copies: nothing executes here
     if result.returncode != 0:
         raise RuntimeError(f"sphinx-build failed:\n{result.stderr[-3000:]}")
     return out / "index.html"
@@ -175,7 +182,11 @@ def main(argv=None) -> int:
     parser.add_argument("--source", type=Path, default=course.course_dir(), help="executed notebooks (default build/course)")
     parser.add_argument("--out", type=Path, default=site_dir())
     args = parser.parse_args(argv)
-    index = build_site(args.source, args.out)
+    try:
+        index = build_site(args.source, args.out)
+    except FileNotFoundError as error:
+        print(error, file=sys.stderr)
+        return 1
     print(f"Wrote {index} (open it from disk: no server needed)")
     return 0
 

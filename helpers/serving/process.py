@@ -35,10 +35,26 @@ class RunningServer:
     api_key: str | None = None
 
 
+# `make demo`'s address, the same for a whole class; COURSE_DEMO_PORT (or `make demo PORT=...`) moves it
+DEMO_PORT = int(os.environ.get("COURSE_DEMO_PORT", "8500"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def port_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on `port` now. SO_REUSEADDR, as servers set it: a port that only has connections
+    closing (TIME_WAIT) from an earlier run is free; a port something listens on is not."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
