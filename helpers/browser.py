@@ -46,11 +46,11 @@ def missing() -> str | None:
     try:
         import playwright  # noqa: F401
     except ImportError:
-        return "the Python package playwright is not installed (run `make setup`)"
+        return f"the Python package playwright is not installed: {FIXES['setup'].fix}"
     if chromium_path() is None:
         return f"no Chromium found: {FIXES['chromium'].fix}"
     if not paths.WEB_RUNTIME.is_dir():
-        return "ONNX Runtime Web is not installed in web/node_modules: run `make setup` on a machine with npm"
+        return f"{FIXES['web-runtime'].symptom}: {FIXES['web-runtime'].fix}"
     return None
 
 

@@ -29,25 +29,17 @@ def build_repository(smoke: bool = False, seed: int = 0, root: Path | None = Non
     root = root or repository_root()
     model, card = model_store.ensure_model("torch", "source_cnn", smoke=smoke)
     fp32 = export.current_export("onnx", "source_cnn", 1, card, lambda: export.export_torch_onnx(model, "source_cnn", 1, card))
-    int8 = export.export_dir("onnx", quantize.variant_name("source_cnn", "int8_minmax"), 1)
-    if not fresh_quantization(int8, fp32):
+
+    def quantize_fp32():
         calibration = quantize.calibration_images(data.load_mnist().x_train, CALIBRATION_IMAGES, seed=seed)
-        int8 = quantize.quantize_onnx(fp32, "source_cnn", "static", training.images_for("torch", calibration), "minmax")
+        return quantize.quantize_onnx(fp32, "source_cnn", "static", training.images_for("torch", calibration), "minmax")
+
+    # the int8 file carries the float export's source card, so the same freshness check applies
+    int8 = export.current_export("onnx", quantize.variant_name("source_cnn", "int8_minmax"), 1, card, quantize_fp32)
     exports = {"mnist": fp32, "mnist_int8": int8}
     for name, directory in exports.items():
         publish(directory, root, name, 1)
     return exports
-
-
-def fresh_quantization(quantized: Path, source: Path) -> bool:
-    """True if `quantized` verifies and was quantized from the float export now in `source` (same source card)."""
-    from helpers.integrity import IntegrityError, verify_manifest
-
-    try:
-        made_from, now = verify_manifest(quantized).get("source_card", {}), verify_manifest(source).get("source_card", {})
-    except IntegrityError:
-        return False
-    return bool(now.get("file_sha256")) and made_from.get("file_sha256") == now.get("file_sha256")
 
 
 def main(argv=None) -> int:

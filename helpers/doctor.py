@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from helpers import env, paths
-from helpers.fixes import FIXES, with_fix
+from helpers.fixes import FIXES, fix_text
 from helpers.serving.process import DEMO_PORT, port_free
 
 GIB = 2**30
@@ -124,7 +124,7 @@ def check_port(port: int, purpose: str, required: bool = True) -> Check:
     name = f"port {port}"
     if port_free(port):
         return ok(name, f"free ({purpose})")
-    return Check(name, "FAIL" if required else "WARN", f"in use ({purpose})", with_fix("", "port", port).removeprefix("\nFix: "))
+    return Check(name, "FAIL" if required else "WARN", f"in use ({purpose})", fix_text("port", port))
 
 
 def check_program(program: str, needed_by: str, fix_key: str, which=shutil.which) -> Check:

@@ -3,7 +3,6 @@ the server's /demo routes, and the page itself driven by Playwright in headless 
 answered on both paths. The browser tests are skipped, with the reason, only where Chromium or the runtime is absent."""
 
 import json
-import os
 import shutil
 import subprocess
 
@@ -13,7 +12,7 @@ import pytest
 
 from helpers import browser, digits, export, paths
 from helpers.serving.process import running_server
-from small_models import make_export
+from small_models import make_export, repository_of
 
 RNG = np.random.default_rng(0)
 PREPROCESS_JS = paths.WEB / "preprocess.js"
@@ -103,14 +102,9 @@ def test_both_twins_refuse_coordinates_beyond_their_limit():
 @pytest.fixture(scope="module")
 def demo_repository(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("demo")
-    saved = os.environ.get("COURSE_ARTIFACTS")
     x = RNG.random((300, 1, 28, 28), dtype=np.float32)
     directory, reference = make_export(tmp, seed=3, x=x)
-    if saved is not None:
-        os.environ["COURSE_ARTIFACTS"] = saved
-    root = tmp / "repository"
-    shutil.copytree(directory, root / "mnist" / "1")
-    return {"root": root, "export": directory, "x": x, "reference": reference}
+    return {"root": repository_of(directory, tmp), "export": directory, "x": x, "reference": reference}
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from helpers.serving import client as serving_client
 from helpers.serving.__main__ import main as server_main
 from helpers.serving.process import running_server
-from small_models import make_export
+from small_models import make_export, repository_of
 
 RNG = np.random.default_rng(0)
 X = RNG.random((4, 1, 28, 28), dtype=np.float32)
@@ -25,14 +25,9 @@ X = RNG.random((4, 1, 28, 28), dtype=np.float32)
 @pytest.fixture(scope="module")
 def repository(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("serving")
-    saved = os.environ.get("COURSE_ARTIFACTS")
     v1, reference = make_export(tmp, seed=1, x=X)
     v2, reference_v2 = make_export(tmp, seed=2, x=X)
-    if saved is not None:
-        os.environ["COURSE_ARTIFACTS"] = saved
-    root = tmp / "repository"
-    shutil.copytree(v1, root / "mnist" / "1")
-    return {"root": root, "v2": v2, "reference": reference, "reference_v2": reference_v2}
+    return {"root": repository_of(v1, tmp), "v2": v2, "reference": reference, "reference_v2": reference_v2}
 
 
 @pytest.fixture(scope="module")

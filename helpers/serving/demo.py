@@ -20,6 +20,7 @@ from fastapi import Request
 from fastapi.responses import FileResponse, RedirectResponse, Response
 
 from helpers import paths
+from helpers.fixes import FIXES
 from helpers.serving.app import parse_version
 from helpers.serving.protocols import RequestError
 
@@ -29,8 +30,7 @@ MEDIA_TYPES = {".html": "text/html", ".js": "text/javascript", ".mjs": "text/jav
                ".wasm": "application/wasm"}  # WebAssembly compiles while it downloads only when served as application/wasm
 PAGE_FILE = re.compile(r"^[A-Za-z0-9_-]+\.(html|js|css)$")
 RUNTIME_FILE = re.compile(r"^ort[A-Za-z0-9_.-]*\.(js|mjs|wasm)$")
-MISSING_RUNTIME = ("ONNX Runtime Web is not installed in web/node_modules: run `make setup` on a machine with npm "
-                   "(Node.js); the page's server path works without it")
+MISSING_RUNTIME = f"{FIXES['web-runtime'].symptom}: {FIXES['web-runtime'].fix}"
 
 
 def static_file(directory: Path, name: str, pattern: re.Pattern, missing: str) -> FileResponse:
