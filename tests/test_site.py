@@ -7,7 +7,8 @@ from urllib.parse import unquote, urlparse
 
 import pytest
 
-from helpers import paths, site
+from course_tools import site
+from helpers import paths
 
 EXECUTED = paths.build() / "test-notebooks"
 

@@ -1,7 +1,8 @@
 import nbformat
 import pytest
 
-from helpers import paths, student
+from course_tools import student
+from helpers import paths
 
 
 def instructor_notebook():
@@ -51,7 +52,7 @@ def test_every_course_notebook_loses_all_its_solutions(notebook):
 
 
 def test_strip_file_removes_outputs_and_run_metadata_and_keeps_the_rest(tmp_path):
-    from helpers import nbclean
+    from course_tools import nbclean
 
     nb = instructor_notebook()
     nb.cells[1].metadata["papermill"] = {"duration": 1.0}

@@ -10,7 +10,8 @@ import sys
 
 import pytest
 
-from helpers import doctor, env, fixes, paths
+from course_tools import doctor
+from helpers import env, fixes, paths
 
 MAKE = shutil.which("make")
 
@@ -27,20 +28,22 @@ def doctor_env(port: int) -> dict:
     return os.environ | {"COURSE_DEMO_PORT": str(port)}
 
 
+@pytest.mark.integration  # runs the doctor, make or servers as processes
 def test_doctor_passes_on_this_machine():
     from helpers.serving.process import free_port
 
-    result = run([sys.executable, "-m", "helpers.doctor"], env=doctor_env(free_port()), timeout=120)
+    result = run([sys.executable, "-m", "course_tools.doctor"], env=doctor_env(free_port()), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Ready for the course" in result.stdout and "FAIL" not in result.stdout
 
 
+@pytest.mark.integration  # runs the doctor, make or servers as processes
 def test_doctor_fails_with_the_fix_when_its_port_is_taken():
     with socket.socket() as holder:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        result = run([sys.executable, "-m", "helpers.doctor"], env=doctor_env(port), timeout=120)
+        result = run([sys.executable, "-m", "course_tools.doctor"], env=doctor_env(port), timeout=120)
     assert result.returncode == 1
     assert f"FAIL  port {port}" in result.stdout and f"grep :{port}" in result.stdout and "make demo PORT=" in result.stdout
 
@@ -77,7 +80,7 @@ def test_a_package_whose_module_cannot_be_found_fails():
 def test_faked_machine_failures_each_name_their_fix(tmp_path):
     corrupt = tmp_path / "mnist.npz"
     corrupt.write_bytes(b"not a zip file")
-    cases = [(doctor.check_python((3, 10, 4)), "Python 3.11"),
+    cases = [(doctor.check_python((3, 10, 4)), "Python 3.13, 3.12 or 3.11"),
              (doctor.check_disk(tmp_path, venv_ready=False, free_bytes=2 * 10**9), "make clean"),
              (doctor.check_memory(total_bytes=2 * doctor.GIB), "4 GiB"),
              (doctor.check_data(tmp_path / "missing.npz"), "make data"),
@@ -110,6 +113,7 @@ def without_network(command: list[str]) -> list[str]:
     return command  # pip still sees no index: --no-index, and no pip configuration (see below)
 
 
+@pytest.mark.integration  # runs the doctor, make or servers as processes
 @pytest.mark.skipif(MAKE is None, reason="make is not installed")
 def test_setup_installs_from_a_wheelhouse_with_no_index_and_no_network(tmp_path):
     """`make wheelhouse` for a representative subset of the pins, then `make setup OFFLINE=1` into a fresh venv."""
@@ -151,6 +155,7 @@ def test_the_readme_lists_every_fix_as_generated():
     assert fixes.readme_block() in readme, "the README's fixes block is stale: run `python -m helpers.fixes`"
 
 
+@pytest.mark.integration  # runs the doctor, make or servers as processes
 def test_each_learner_facing_error_names_its_fix(tmp_path, monkeypatch):
     """Missing data, wrong versions, a port in use, a server that did not become ready, a tampered artifact: each
     error's message ends with the fix from helpers.fixes (the list the README shows)."""

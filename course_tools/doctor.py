@@ -17,6 +17,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from course_tools import KERNEL
 from helpers import env, paths
 from helpers.fixes import FIXES, fix_text
 from helpers.serving.process import DEMO_PORT, port_free
@@ -25,7 +26,6 @@ GIB = 2**30
 # measured: the pinned stack takes 4.0 GB in .venv; artifacts and build stay under 0.5 GB; the largest chapter peak
 # in a full `make course` was 3.0 GiB (chapter 05; 3.5 GiB in an earlier run)
 DISK_BEFORE_SETUP_GB, DISK_AFTER_SETUP_GB, MEMORY_GIB = 6.0, 1.0, 4.0
-KERNEL = "deploy-dl-course"
 LAB_PORT = 8888  # JupyterLab's (it moves to the next free one if taken)
 OPTIONAL_PROGRAMS = {"wrk": ("06 load tests", "wrk"), "prometheus": ("07 Prometheus", "prometheus"),
                      "promtool": ("07 rule tests", "prometheus")}
@@ -47,9 +47,14 @@ def problem(name, status, detail, fix_key):
     return Check(name, status, detail, FIXES[fix_key].fix)
 
 
+# the Makefile's SUPPORTED_PYTHONS: the pinned stack resolves and installs on each (tests/test_platforms.py)
+SUPPORTED_PYTHONS = ((3, 11), (3, 12), (3, 13))
+
 def check_python(version=sys.version_info) -> Check:
     found = f"{version[0]}.{version[1]}.{version[2]}"
-    return ok("python", found) if tuple(version[:2]) == (3, 11) else problem("python", "FAIL", f"found {found}", "python")
+    if tuple(version[:2]) in SUPPORTED_PYTHONS:
+        return ok("python", found)
+    return problem("python", "FAIL", f"found {found}; the course supports 3.11, 3.12 and 3.13", "python")
 
 
 def check_disk(path: Path = paths.ROOT, venv_ready: bool = True, free_bytes: int | None = None) -> Check:
@@ -178,7 +183,7 @@ def main(checks: list[Check] | None = None) -> int:
     if failed:
         print(f"\n{len(failed)} check(s) FAILED ({', '.join(failed)}): a chapter cannot run until they are fixed.")
         return 1
-    print(f"\nReady for the course" + (f" ({len(warned)} optional part(s) missing: {', '.join(warned)})." if warned else "."))
+    print("\nReady for the course" + (f" ({len(warned)} optional part(s) missing: {', '.join(warned)})." if warned else "."))
     return 0
 
 

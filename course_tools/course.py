@@ -1,6 +1,7 @@
 """`make course`: execute every chapter in full mode and publish build/course/index.html.
 
-A chapter whose executed copy is newer than its notebook, `helpers/` and requirements.txt is skipped,
+A chapter whose executed copy is newer than its notebook and every other input it reads (`helpers/`, `monitoring/`,
+`web/`, requirements.txt) is skipped,
 so re-running only redoes what changed (`--force` redoes everything).
 """
 
@@ -15,7 +16,8 @@ from pathlib import Path
 
 import nbformat
 
-from helpers import paths, runner
+from course_tools import runner
+from helpers import paths
 
 
 def course_dir() -> Path:
@@ -33,9 +35,21 @@ def chapter_info(notebook: Path) -> dict:
     return {"notebook": notebook.name, "title": title, "source": meta.get("source", ""), "learn": meta.get("learn", "")}
 
 
+# Everything a chapter reads besides its notebook: the library, the pins, chapter 07's alert rules, chapter 09's page.
+CHAPTER_INPUTS = ("helpers", "monitoring", "web")
+
+
+def chapter_inputs(notebook: Path) -> list[Path]:
+    """The files whose change makes an executed chapter stale (web/node_modules is installed from package-lock.json)."""
+    files = [notebook, paths.REQUIREMENTS]
+    for folder in CHAPTER_INPUTS:
+        files += [f for f in (paths.ROOT / folder).rglob("*")
+                  if f.is_file() and "node_modules" not in f.parts and "__pycache__" not in f.parts]
+    return files
+
+
 def newest_input_mtime(notebook: Path) -> float:
-    inputs = [notebook, paths.REQUIREMENTS, *(paths.ROOT / "helpers").rglob("*.py")]
-    return max(p.stat().st_mtime for p in inputs)
+    return max(p.stat().st_mtime for p in chapter_inputs(notebook))
 
 
 def install_mathjax(out: Path) -> str:

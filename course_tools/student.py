@@ -11,8 +11,8 @@ from pathlib import Path
 
 import nbformat
 
+from course_tools.nbclean import has_tag, strip_notebook
 from helpers import paths
-from helpers.nbclean import has_tag, strip_notebook
 
 SOLUTION_TAG = "solution"
 CODE_STUB = "# Your solution here\n"

@@ -14,9 +14,8 @@ from pathlib import Path
 
 import psutil
 
+from course_tools import KERNEL as KERNEL_NAME
 from helpers.progress import TEXT_MODE_VARIABLE
-
-KERNEL_NAME = "deploy-dl-course"  # registered by `make setup` (Makefile: KERNEL)
 
 
 @dataclass
