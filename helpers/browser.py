@@ -24,6 +24,7 @@ import numpy as np
 
 from helpers import digits, paths
 from helpers.fixes import FIXES, with_fix
+from helpers.processes import stop_descendants
 
 CALL_TIMEOUT_S = 300.0  # the longest any one call may take (10,000 inferences in the page take ~5 s)
 CHROMIUM_ENV = "COURSE_CHROMIUM"  # a Chromium or Chrome binary to use instead of the system's
@@ -32,6 +33,7 @@ CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrom
 # classroom or CI machine refuses, many connections at a time
 CHROMIUM_FLAGS = ("--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-quic", "--no-first-run", "--disable-dev-shm-usage")
+BROWSER_MARKS = ("chromium", "chrome", "playwright")  # in the command lines of Chromium's processes and of the driver
 
 
 def chromium_path() -> str | None:
@@ -106,16 +108,10 @@ class Browser:
             self.thread.shutdown(wait=False, cancel_futures=True)
 
 
-def kill_started_browsers() -> None:
-    """Kill the Chromium and Playwright driver processes descended from this process (a last resort)."""
-    import psutil
-
-    for process in psutil.Process().children(recursive=True):
-        try:
-            if any(mark in " ".join(process.cmdline()) for mark in ("chromium", "chrome", "playwright")):
-                process.kill()
-        except psutil.Error:
-            continue
+def kill_started_browsers() -> int:
+    """Kill the Chromium and Playwright driver processes descended from this process (a last resort); returns how
+    many. Only this process's descendants: another notebook's (or the learner's own) Chromium is left alone."""
+    return stop_descendants(*BROWSER_MARKS, grace_s=0)
 
 
 @contextmanager

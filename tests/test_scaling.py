@@ -1,5 +1,6 @@
 """Scale-out (chapter 08): the data-parallel script computes what one process computes and leaves no process behind;
-the Ray Serve deployment answers like chapter 06's server, refuses bad input, and Ray is gone after the block."""
+the Ray Serve deployment answers like chapter 06's server, refuses bad input, and Ray is gone after the block, also a
+process of the run that outlived its Ray worker."""
 
 import time
 
@@ -8,6 +9,8 @@ import psutil
 import pytest
 
 from helpers import distributed
+
+pytestmark = pytest.mark.integration  # starts real processes or trains and exports models
 
 
 def test_shard_batches_is_what_torchs_sampler_and_loader_produce():
@@ -145,9 +148,50 @@ def error_inside_running_ray() -> None:
             raise RuntimeError("a failing cell")
 
 
-def test_an_error_inside_running_ray_still_stops_every_ray_process(artifacts_in_tmp):
-    in_child_process(error_inside_running_ray)
+def run_ray_in_a_child_and_check_it_is_gone(function) -> None:
+    """Run `function` (which starts Ray) in a spawned child, then every Ray process must be gone within 15 s."""
+    in_child_process(function)
     deadline = time.time() + 15
     while ray_processes() and time.time() < deadline:
         time.sleep(0.5)
     assert not ray_processes()
+
+
+def test_an_error_inside_running_ray_still_stops_every_ray_process(artifacts_in_tmp):
+    run_ray_in_a_child_and_check_it_is_gone(error_inside_running_ray)
+
+
+def an_orphan_ray_leaves_behind_is_stopped() -> None:
+    """A process under a Ray worker that outlives the worker, in a session of its own and naming the run's folder, as
+    an HAProxy reload can: this process adopted it, so running_ray's sweep finds it among its descendants."""
+    import os
+
+    import ray
+
+    from helpers import processes
+    from helpers.ray_serving import running_ray
+    from helpers.serving.process import free_port
+
+    @ray.remote
+    def leave_an_orphan(home: str) -> int:
+        import subprocess
+        import sys
+
+        orphan = f"{sys.executable} -c 'import os, time; os.setsid(); time.sleep(600)' {home}/haproxy.cfg"
+        shell = subprocess.run(["sh", "-c", f"{orphan} >/dev/null 2>&1 & echo $!"], capture_output=True, text=True, check=True)
+        return int(shell.stdout)  # the shell has exited: the process is an orphan
+
+    orphan = None
+    try:
+        with running_ray(free_port()):
+            home = os.environ["RAY_SERVE_HAPROXY_SERVER_STATE_BASE"]  # the run's folder
+            orphan = psutil.Process(ray.get(leave_an_orphan.remote(home)))
+            assert orphan.ppid() == os.getpid() and [p.pid for p in processes.descendants(home)] == [orphan.pid]
+        assert not orphan.is_running() or orphan.status() == psutil.STATUS_ZOMBIE
+    finally:
+        if orphan is not None and orphan.is_running():  # only if the sweep failed
+            orphan.kill()
+
+
+def test_running_rays_sweep_stops_an_orphan_of_the_run(artifacts_in_tmp):
+    run_ray_in_a_child_and_check_it_is_gone(an_orphan_ray_leaves_behind_is_stopped)
