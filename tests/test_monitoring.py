@@ -14,6 +14,7 @@ needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None, reason="pr
 
 
 @needs_promtool
+@pytest.mark.integration  # real promtool, Prometheus or server processes
 def test_the_alerting_rules_are_valid_and_their_unit_tests_pass():
     for command in (["promtool", "check", "rules", "alerts.yml"], ["promtool", "test", "rules", "alerts_test.yml"]):
         result = subprocess.run(command, cwd=paths.ROOT / "monitoring", capture_output=True, text=True, timeout=120)
@@ -21,6 +22,7 @@ def test_the_alerting_rules_are_valid_and_their_unit_tests_pass():
         assert "SUCCESS" in result.stdout
 
 
+@pytest.mark.integration  # real promtool, Prometheus or server processes
 @pytest.mark.skipif(not monitoring.prometheus_available(), reason="prometheus is not installed (apt-get install prometheus)")
 def test_a_real_prometheus_scrapes_the_server_and_answers_promql(tmp_path, artifacts_in_tmp):
     import httpx
@@ -99,7 +101,9 @@ def test_pca_embeds_into_the_requested_dimensions():
 
 
 def test_severity_calibration_finds_the_level_that_costs_the_target_drop():
-    accuracy_at = lambda severity: 0.99 - 0.02 * severity  # a made-up model losing 2 points per unit of severity
+    def accuracy_at(severity):  # a made-up model losing 2 points per unit of severity
+        return 0.99 - 0.02 * severity
+
     assert monitoring.severity_for_drop(accuracy_at, 0.01, 0.0, 4.0) == pytest.approx(0.5, abs=1e-3)
     with pytest.raises(ValueError, match="raise `high`"):
         monitoring.severity_for_drop(accuracy_at, 0.5, 0.0, 1.0)
@@ -159,6 +163,7 @@ def test_a_drift_reference_travels_in_the_manifest_and_a_tampered_one_is_refused
         load_backend(other)
 
 
+@pytest.mark.integration  # real promtool, Prometheus or server processes
 def test_the_server_scores_drift_on_live_traffic_and_a_new_version_brings_its_own_reference(real_mnist, tmp_path, artifacts_in_tmp):
     import torch
 
@@ -169,7 +174,9 @@ def test_the_server_scores_drift_on_live_traffic_and_a_new_version_brings_its_ow
     torch.manual_seed(0)
     model = models.torch_model("source_cnn").eval()
     x = real_mnist.x_test
-    logits = lambda images: training.torch_logits(model, training.images_for("torch", images))
+    def logits(images):
+        return training.torch_logits(model, training.images_for("torch", images))
+
     directory = export.export_torch_onnx(model, "source_cnn", 1, {"file_sha256": "d" * 64})
     monitoring.add_drift_reference(directory, logits(x[:2000]))
     publish(directory, tmp_path / "repository", "mnist", 1)
