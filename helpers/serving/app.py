@@ -1,7 +1,18 @@
 """The inference server: a FastAPI app speaking TF Serving's REST API and the Open Inference Protocol (KServe v2).
 
-Built by `create_app(settings)`; `python -m helpers.serving` runs it on uvicorn. Every inference goes through `infer`,
-every answer through `respond`, so limits, errors and metrics are handled in one place.
+Built by `create_app(settings)`; `python -m helpers.serving` runs it on uvicorn. This module holds the settings, the
+state every route shares (`Server`: repository, batchers, metrics, API key) and the assembly; the routes are in one
+module per protocol, each a `routes(server)` list:
+
+    routes_v2          Open Inference Protocol: /v2 health, server and model metadata, readiness, /infer
+    routes_tfserving   TensorFlow Serving REST: /v1/models/... status, metadata, :predict
+    routes_repository  the model repository extension: /v2/repository/index, load, unload
+    routes_ops         /metrics and the load-test floors /empty, /empty-route
+    demo               the browser demo under /demo/ (with Settings(demo=True))
+    http               what they share: JSON answers, name and version checks, `route` and `counted`
+
+Every inference goes through `Server.infer` and every counted answer through `Server.respond`, so limits, errors and
+metrics are handled in one place. How a request finds its route: see `FastPath`.
 """
 
 from __future__ import annotations
@@ -9,7 +20,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import re
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -17,22 +27,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from fastapi import FastAPI
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import ClientDisconnect
-from starlette.routing import Match, Route, Router
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response
+from starlette.routing import Match, Route
 
-from helpers.serving import protocols
+from helpers.serving import demo, routes_ops, routes_repository, routes_tfserving, routes_v2
 from helpers.serving.batching import DynamicBatcher
+from helpers.serving.drift import DriftMonitor, drift_score
+from helpers.serving.http import SERVER_VERSION, FastRoute, check_model_name, json_response
+from helpers.serving.http import parse_version as parse_version  # importable from here, as before the split
 from helpers.serving.metrics import ServerMetrics
 from helpers.serving.protocols import RequestError
-from helpers.serving.repository import VERSION, ModelNotFound, ModelRepository, VersionNotReady, valid_name
+from helpers.serving.repository import ModelNotFound, ModelRepository, VersionNotReady
 
 log = logging.getLogger("helpers.serving")
-SERVER_NAME, SERVER_VERSION = "deploy-dl-course", "1.0"
 
 
 @dataclass(frozen=True)
@@ -51,36 +61,48 @@ class Settings:
     demo: bool = False  # serve the browser demo under /demo/ (chapter 09)
 
 
-V1_PATH = re.compile(r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>\w+)|/(?P<metadata>metadata))?$")
+def create_app(settings: Settings) -> FastPath:
+    """The ASGI app, from one table of routes: a route is added in its module's `routes()` only, and its class says
+    who serves it (FastRoute: FastPath; Route and FastAPI's APIRoute: the FastAPI app)."""
+    server = Server(settings)
+    table = [*routes_v2.routes(server), *routes_tfserving.routes(server), *routes_repository.routes(server),
+             *routes_ops.routes(server), *(demo.routes(server) if settings.demo else [])]
+    app = FastAPI(title="deploy-dl-course inference server", version=SERVER_VERSION, lifespan=server.lifespan,
+                  docs_url=None, redoc_url=None, openapi_url=None, exception_handlers={StarletteHTTPException: http_error},
+                  routes=[r for r in table if not isinstance(r, FastRoute)])
+    app.state.server = server  # for whoever holds the app only (tests, demo.add_routes); routes are given it
+    return FastPath(app, [r for r in table if isinstance(r, FastRoute)])
 
 
-def json_response(document, status: int = 200, headers: dict | None = None) -> Response:
-    return Response(orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY), status, headers=headers,
-                    media_type="application/json")
+async def http_error(request: Request, error: StarletteHTTPException) -> Response:
+    """Unknown paths and wrong methods answer in the protocols' error shape too, not FastAPI's {"detail": ...}."""
+    return json_response({"error": f"{error.detail}: {request.method} {request.url.path[:200]}"}, error.status_code)
 
 
-def parse_version(text: str | None) -> int | None:
-    if text is None:
-        return None
-    if not VERSION.fullmatch(text):
-        raise RequestError(400, f"version must be a positive integer, got {text[:40]!r}")
-    return int(text)
+class FastPath:
+    """The ASGI app uvicorn runs. A request for a FastRoute (the inference routes and /empty-route) goes straight to
+    it; everything else, and the start-up and shutdown events, to the FastAPI app. For a model this fast, FastAPI's
+    middleware costs ~10 % of the throughput, and its parameter parsing and the scan through the other routes ~15 %
+    (measured; chapter 06 compares the two floors, /empty and /empty-route). The fast routes answer every error
+    themselves (`http.counted`), so they need none of the framework. A request that matches a fast route's path but not
+    its method (a PUT to /infer) goes to FastAPI, which has no route there: 404."""
 
+    def __init__(self, app: FastAPI, routes: list[Route]):
+        self.app, self.routes = app, routes
 
-def match_v1(path: str):
-    if ".." in path or path.startswith("/"):
-        raise RequestError(400, f"invalid model name in {path[:64]!r}")
-    return V1_PATH.match(path)
-
-
-def check_model_name(model: str) -> str:
-    if not valid_name(model):
-        raise RequestError(400, f"invalid model name {model[:64]!r}")
-    return model
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            for route in self.routes:
+                match, child_scope = route.matches(scope)  # FULL: path and method match
+                if match is Match.FULL:
+                    scope["route"] = route
+                    scope.update(child_scope)
+                    return await route.handle(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 class Server:
-    """The state behind the routes: repository, batchers, metrics, settings."""
+    """The state behind the routes: repository, batchers, drift monitors, metrics, settings."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
@@ -89,6 +111,17 @@ class Server:
         self.batchers: dict[int, tuple] = {}  # id(version state) -> (state, its batcher); the state is kept so its id stays unique
         self.drift_monitors: dict[int, tuple] = {}  # id(version state) -> (state, its DriftMonitor), likewise
         self.stop = threading.Event()
+
+    @asynccontextmanager
+    async def lifespan(self, app):
+        """Start-up: the first scan (in a thread: loading warms models up), then a thread that rescans every
+        poll_interval_s. Shutdown: stop it and close the batchers."""
+        await asyncio.get_running_loop().run_in_executor(None, self.repository.scan)
+        self.repository.watch(self.settings.poll_interval_s, self.stop)
+        yield
+        self.stop.set()
+        for _, batcher in self.batchers.values():
+            await batcher.close()
 
     def count_load(self, model: str, version: int, ok: bool) -> None:
         self.metrics.model_loads.labels(model, str(version), "success" if ok else "failure").inc()
@@ -135,8 +168,11 @@ class Server:
         except VersionNotReady as error:
             raise RequestError(503, str(error)) from None
 
+    # ------------------------------------------------------------------ the one inference path
+
     async def infer(self, model: str, state, x: np.ndarray) -> np.ndarray:
-        """The model's outputs for `x`, batched with other requests if enabled, within the request timeout."""
+        """The model's outputs for `x` (validated by the protocol's parser), batched with other requests if enabled,
+        within the request timeout; timed, and watched for drift."""
         started = time.perf_counter()
         try:
             if self.settings.batching:
@@ -160,40 +196,6 @@ class Server:
             self.watch_drift(model, state, y)
         return y
 
-    def forget_unloaded(self, cache: dict) -> list:
-        """Drop and return the entries of a per-version-state `cache` (id(state) -> (state, thing)) whose state is no
-        longer loaded: batchers and drift monitors belong to a loaded version, not to a version number."""
-        live = {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
-        return [cache.pop(key)[1] for key in [k for k in cache if k not in live]]
-
-    def watch_drift(self, model: str, state, y: np.ndarray) -> None:
-        """Feed the outputs to this version's drift monitor and publish each finished window (a test costs well under a
-        millisecond, once per window, so it runs inline). The per-model gauges describe the version answering unpinned
-        requests, the latest; windows of requests pinned to an older version are tested but not published. A failure
-        here is logged and counted, never turned into a failed request: the answer is already computed."""
-        from helpers.monitoring import DriftMonitor, drift_score
-
-        try:
-            if id(state) not in self.drift_monitors:
-                self.forget_unloaded(self.drift_monitors)
-                self.drift_monitors[id(state)] = (state, DriftMonitor(state.backend.drift_reference, self.settings.drift_window,
-                                                                      self.settings.drift_alpha))
-                if self.repository.get(model).version == state.version:  # a new version starts with no evidence either way
-                    self.metrics.drift_score.labels(model).set(float("nan"))
-                    self.metrics.window_confidence.labels(model).set(float("nan"))
-                    self.metrics.drift_in_a_row.labels(model).set(0)
-            monitor = self.drift_monitors[id(state)][1]
-            finished = monitor.observe(y)
-            if finished and self.repository.get(model).version == state.version:
-                p_value, confidence = finished[-1]
-                self.metrics.drift_score.labels(model).set(drift_score(p_value))
-                self.metrics.window_confidence.labels(model).set(confidence)
-                self.metrics.drift_in_a_row.labels(model).set(monitor.flagged_in_a_row)
-                self.metrics.drift_windows.labels(model).inc(len(finished))
-        except Exception:
-            log.exception("drift monitoring failed for model %s version %d; the request was answered", model, state.version)
-            self.metrics.drift_errors.labels(model).inc()
-
     def batcher(self, model: str, state) -> DynamicBatcher:
         """The batcher of this loaded version. A version reloaded under the same number is a new state with a new
         backend, so batchers belong to states; those of states no longer loaded are closed here."""
@@ -205,12 +207,51 @@ class Server:
                                                               self.settings.batch_max_delay_ms, on_batch=histogram.observe))
         return self.batchers[id(state)][1]
 
-    async def respond(self, endpoint: str, handler) -> Response:
-        """Run a route's handler; turn RequestErrors into JSON errors; count and time every answer."""
+    def forget_unloaded(self, cache: dict) -> list:
+        """Drop and return the entries of a per-version-state `cache` (id(state) -> (state, thing)) whose state is no
+        longer loaded: batchers and drift monitors belong to a loaded version, not to a version number."""
+        live = {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
+        return [cache.pop(key)[1] for key in [k for k in cache if k not in live]]
+
+    def watch_drift(self, model: str, state, y: np.ndarray) -> None:
+        """Feed the outputs to this version's drift monitor and publish each finished window (a test costs well under a
+        millisecond, once per window, so it runs inline). The per-model gauges describe the version answering unpinned
+        requests, the latest; windows of requests pinned to an older version are tested but not published. A failure
+        here is logged and counted, never turned into a failed request: the answer is already computed."""
+        try:
+            monitor = self.drift_monitor(model, state)
+            finished = monitor.observe(y)
+            if finished and self.repository.get(model).version == state.version:
+                p_value, confidence = finished[-1]
+                self.metrics.drift_score.labels(model).set(drift_score(p_value))
+                self.metrics.window_confidence.labels(model).set(confidence)
+                self.metrics.drift_in_a_row.labels(model).set(monitor.flagged_in_a_row)
+                self.metrics.drift_windows.labels(model).inc(len(finished))
+        except Exception:
+            log.exception("drift monitoring failed for model %s version %d; the request was answered", model, state.version)
+            self.metrics.drift_errors.labels(model).inc()
+
+    def drift_monitor(self, model: str, state) -> DriftMonitor:
+        """The drift monitor of this loaded version, made on its first answer (those of unloaded states are dropped)."""
+        if id(state) not in self.drift_monitors:
+            self.forget_unloaded(self.drift_monitors)
+            self.drift_monitors[id(state)] = (state, DriftMonitor(state.backend.drift_reference, self.settings.drift_window,
+                                                                  self.settings.drift_alpha))
+            if self.repository.get(model).version == state.version:  # a new version starts with no evidence either way
+                self.metrics.drift_score.labels(model).set(float("nan"))
+                self.metrics.window_confidence.labels(model).set(float("nan"))
+                self.metrics.drift_in_a_row.labels(model).set(0)
+        return self.drift_monitors[id(state)][1]
+
+    # ------------------------------------------------------------------ every counted answer
+
+    async def respond(self, endpoint: str, request: Request, handler) -> Response:
+        """Run a counted route's `handler(server, request, labels)`; turn RequestErrors into JSON errors; count and
+        time every answer."""
         started = time.perf_counter()
         labels = {"model": "", "version": ""}  # the handler fills them in as it learns them
         try:
-            response = await handler(labels)
+            response = await handler(self, request, labels)
         except RequestError as error:
             response = json_response({"error": error.message}, error.status,
                                      headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
@@ -224,220 +265,3 @@ class Server:
         self.metrics.child(self.metrics.requests, model, labels["version"], endpoint, str(response.status_code)).inc()
         self.metrics.child(self.metrics.request_latency, endpoint).observe(time.perf_counter() - started)
         return response
-
-
-def create_app(settings: Settings) -> FastAPI:
-    server = Server(settings)
-
-    @asynccontextmanager
-    async def lifespan(app):
-        await asyncio.get_running_loop().run_in_executor(None, server.repository.scan)
-        server.repository.watch(settings.poll_interval_s, server.stop)
-        yield
-        server.stop.set()
-        for _, batcher in server.batchers.values():
-            await batcher.close()
-
-    app = FastAPI(title="deploy-dl-course inference server", version=SERVER_VERSION, lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.server = server
-
-    @app.exception_handler(StarletteHTTPException)
-    async def http_error(request: Request, error: StarletteHTTPException):
-        """Unknown paths and wrong methods answer in the protocols' error shape too, not FastAPI's {"detail": ...}."""
-        return json_response({"error": f"{error.detail}: {request.method} {request.url.path[:200]}"}, error.status_code)
-
-    # ------------------------------------------------------------------ health and metrics (open, no key needed)
-
-    @app.get("/v2/health/live")
-    async def live():
-        return json_response({"live": True})
-
-    @app.get("/v2/health/ready")
-    async def ready():
-        ok = server.repository.ready()
-        return json_response({"ready": ok}, 200 if ok else 400)  # the protocol: 200 means ready, 4xx not
-
-    @app.get("/v2")
-    async def server_metadata():
-        return json_response({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data", "model_repository"]})
-
-    @app.get("/metrics")
-    async def metrics():
-        server.refresh_gauges()
-        return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-    async def empty(request: Request):
-        """A floor for load tests: the key check and the body read every inference does, no parsing, no model."""
-        async def handle(labels):
-            server.authorize(request)
-            await server.read_body(request)
-            return Response(b"{}", media_type="application/json")
-
-        return await server.respond("empty", handle)
-
-    app.post("/empty")(empty)  # as a FastAPI endpoint: the framework's own floor
-
-    if settings.demo:
-        from helpers.serving import demo  # imported here: it imports this module
-
-        demo.add_routes(app, server)
-
-    # ------------------------------------------------------------------ TensorFlow Serving REST API
-
-    @app.get("/v1/models/{path:path}")
-    async def tfs_get(path: str, request: Request):
-        async def handle(labels):
-            server.authorize(request)
-            match = match_v1(path)
-            if not match or match["verb"]:
-                raise RequestError(404, f"no such endpoint: GET /v1/models/{path[:100]}")
-            model, version = check_model_name(match["model"]), parse_version(match["version"])
-            labels["model"] = model
-            if match["metadata"]:
-                state = server.lookup(model, version)
-                return json_response(protocols.tfs_metadata(model, state.version, state.backend))
-            try:
-                versions = server.repository.versions(model)
-            except ModelNotFound as error:
-                raise RequestError(404, str(error)) from None
-            if version is not None:
-                if version not in versions:
-                    raise RequestError(404, f"model '{model}' has no version {version}")
-                versions = {version: versions[version]}
-            return json_response(protocols.tfs_status(versions))
-
-        return await server.respond("v1_status", handle)
-
-    async def tfs_predict(path: str, request: Request):
-        async def handle(labels):
-            server.authorize(request)
-            match = match_v1(path)
-            if not match or match["metadata"] or match["verb"] is None:
-                raise RequestError(404, f"no such endpoint: POST /v1/models/{path[:100]}")
-            if match["verb"] != "predict":
-                raise RequestError(400, f"method ':{match['verb']}' is not supported here; use ':predict'")
-            model, version = check_model_name(match["model"]), parse_version(match["version"])
-            labels["model"] = model
-            document = protocols.parse_json(await server.read_body(request))
-            state = server.lookup(model, version)
-            labels["version"] = str(state.version)
-            x, layout = protocols.tfs_inputs(document, state.backend.input, settings.max_batch_size)
-            y = await server.infer(model, state, x)
-            return Response(protocols.tfs_response(y, layout), media_type="application/json")
-
-        return await server.respond("v1_predict", handle)
-
-    # ------------------------------------------------------------------ Open Inference Protocol (KServe v2)
-
-    async def v2_model(request: Request, model: str, version: str | None, endpoint: str):
-        async def handle(labels):
-            server.authorize(request)
-            labels["model"] = check_model_name(model)
-            if endpoint == "v2_ready":
-                try:
-                    state = server.lookup(model, parse_version(version))
-                except RequestError as error:
-                    if error.status != 503:
-                        raise
-                    return json_response({"name": model, "ready": False}, 400)  # the protocol: not ready is a 4xx
-                labels["version"] = str(state.version)
-                return json_response({"name": model, "ready": True})
-            state = server.lookup(model, parse_version(version))
-            labels["version"] = str(state.version)
-            available = [v for v, s in server.repository.versions(model).items() if s.state == "AVAILABLE"]
-            return json_response(protocols.v2_metadata(model, sorted(available), state.backend))
-
-        return await server.respond(endpoint, handle)
-
-    async def v2_infer(request: Request, model: str, version: str | None):
-        async def handle(labels):
-            server.authorize(request)
-            labels["model"] = check_model_name(model)
-            body = await server.read_body(request)
-            header, binary = protocols.split_binary(body, request.headers.get(protocols.BINARY_HEADER))
-            document = protocols.parse_json(header)
-            state = server.lookup(model, parse_version(version))
-            labels["version"] = str(state.version)
-            x = protocols.v2_inputs(document, binary, state.backend.input, settings.max_batch_size)
-            binary_out = protocols.v2_wants_binary(document, state.backend.output)
-            y = await server.infer(model, state, x)
-            content, headers = protocols.v2_response(document, model, state.version, state.backend.output, y, binary_out)
-            media = "application/octet-stream" if binary_out else "application/json"
-            return Response(content, headers=headers, media_type=media)
-
-        return await server.respond("v2_infer", handle)
-
-    async def model_metadata(request: Request):
-        return await v2_model(request, request.path_params["model"], request.path_params.get("version"), "v2_metadata")
-
-    async def model_ready(request: Request):
-        return await v2_model(request, request.path_params["model"], request.path_params.get("version"), "v2_ready")
-
-    for version_part in ("", "/versions/{version}"):  # each endpoint, for the latest version and for an explicit one
-        app.add_route(f"/v2/models/{{model}}{version_part}", model_metadata, methods=["GET"])
-        app.add_route(f"/v2/models/{{model}}{version_part}/ready", model_ready, methods=["GET"])
-
-    async def infer(request: Request):
-        return await v2_infer(request, request.path_params["model"], request.path_params.get("version"))
-
-    async def predict(request: Request):
-        return await tfs_predict(request.path_params["path"], request)
-
-    # The inference routes are plain Starlette routes, first in the table: FastAPI's parameter parsing and the scan
-    # through the other routes cost ~15 % of the throughput of a model this fast (measured). /empty-route is the floor
-    # of such a route, /empty the floor of a FastAPI endpoint.
-    hot_routes = []
-    for path, endpoint in [("/v2/models/{model}/infer", infer), ("/v2/models/{model}/versions/{version}/infer", infer),
-                           ("/v1/models/{path:path}", predict), ("/empty-route", empty)]:
-        hot_routes.append(Route(path, endpoint, methods=["POST"]))
-
-    # ------------------------------------------------------------------ model repository extension (operators)
-
-    @app.post("/v2/repository/index")
-    async def repository_index(request: Request):
-        async def handle(labels):
-            server.authorize(request)
-            rows = []
-            for model, versions in sorted(dict(server.repository.models).items()):
-                for version, state in sorted(versions.items()):
-                    rows.append({"name": model, "version": str(version), "state": "READY" if state.state == "AVAILABLE" else state.state,
-                                 "reason": state.error})
-            return json_response(rows)
-
-        return await server.respond("repository", handle)
-
-    @app.post("/v2/repository/models/{model}/{action}")
-    async def repository_action(model: str, action: str, request: Request):
-        async def handle(labels):
-            server.authorize(request)
-            labels["model"] = check_model_name(model)
-            if action not in ("load", "unload"):
-                raise RequestError(404, f"no such repository action '{action}'; use load or unload")
-            try:
-                if action == "load":
-                    await asyncio.get_running_loop().run_in_executor(None, server.repository.load, model)
-                else:
-                    server.repository.unload(model)
-            except ModelNotFound as error:
-                raise RequestError(404, str(error)) from None
-            return json_response({})
-
-        return await server.respond("repository", handle)
-
-    return FastPath(app, Router(routes=hot_routes))
-
-
-class FastPath:
-    """The ASGI app uvicorn runs: POST requests to the inference routes go straight to them; everything else (and the
-    start-up and shutdown events) to the FastAPI app. The inference handlers answer every error themselves, so they
-    need none of the framework's middleware, which costs ~10 % of the throughput of a fast model (measured)."""
-
-    def __init__(self, app: FastAPI, hot: "Router"):
-        self.app, self.hot = app, hot
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] == "http" and scope["method"] == "POST" and any(
-                route.matches(scope)[0] == Match.FULL for route in self.hot.routes):
-            await self.hot(scope, receive, send)
-        else:
-            await self.app(scope, receive, send)

@@ -1,0 +1,81 @@
+"""TensorFlow Serving's REST API: model status, metadata and predict. Spec: https://www.tensorflow.org/tfx/serving/api_rest
+
+    GET  /v1/models/<m>[/versions/<v>]             status of the model's versions (or of one)
+    GET  /v1/models/<m>[/versions/<v>]/metadata    the signature: input and output names, types, shapes
+    POST /v1/models/<m>[/versions/<v>]:predict     {"instances": [...]} (rows) or {"inputs": ...} (columns) (a fast route)
+
+TF Serving puts the verb after a colon in the last segment (`mnist:predict`), which a path template cannot split from
+the model name, so each route takes the whole rest of the path and V1_PATH parses it. (TF Serving's `/labels/<label>`
+and the :classify and :regress verbs are not served: this server's models are plain predict signatures.)
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from helpers.serving import protocols
+from helpers.serving.http import FastRoute, check_model_name, counted, json_response, parse_version
+from helpers.serving.protocols import RequestError
+from helpers.serving.repository import ModelNotFound
+
+if TYPE_CHECKING:  # for the annotations only: app.py imports this module
+    from helpers.serving.app import Server
+
+V1_PATH = re.compile(r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>\w+)|/(?P<metadata>metadata))?$")
+
+
+def routes(server: Server) -> list[Route]:
+    return [counted(server, "v1_status", "GET", "/v1/models/{path:path}", status),
+            counted(server, "v1_predict", "POST", "/v1/models/{path:path}", predict, kind=FastRoute)]
+
+
+def match_v1(path: str):
+    if ".." in path or path.startswith("/"):
+        raise RequestError(400, f"invalid model name in {path[:64]!r}")
+    return V1_PATH.match(path)
+
+
+async def status(server: Server, request: Request, labels: dict) -> Response:
+    """The status of the model's versions, or its metadata (the same route: see the module docstring)."""
+    server.authorize(request)
+    path = request.path_params["path"]
+    match = match_v1(path)
+    if not match or match["verb"]:
+        raise RequestError(404, f"no such endpoint: GET /v1/models/{path[:100]}")
+    model, version = check_model_name(match["model"]), parse_version(match["version"])
+    labels["model"] = model
+    if match["metadata"]:
+        state = server.lookup(model, version)
+        return json_response(protocols.tfs_metadata(model, state.version, state.backend))
+    try:
+        versions = server.repository.versions(model)
+    except ModelNotFound as error:
+        raise RequestError(404, str(error)) from None
+    if version is not None:
+        if version not in versions:
+            raise RequestError(404, f"model '{model}' has no version {version}")
+        versions = {version: versions[version]}
+    return json_response(protocols.tfs_status(versions))  # every version, failed ones too, as TF Serving reports them
+
+
+async def predict(server: Server, request: Request, labels: dict) -> Response:
+    server.authorize(request)
+    path = request.path_params["path"]
+    match = match_v1(path)
+    if not match or match["metadata"] or match["verb"] is None:
+        raise RequestError(404, f"no such endpoint: POST /v1/models/{path[:100]}")
+    if match["verb"] != "predict":
+        raise RequestError(400, f"method ':{match['verb']}' is not supported here; use ':predict'")
+    model, version = check_model_name(match["model"]), parse_version(match["version"])
+    labels["model"] = model
+    document = protocols.parse_json(await server.read_body(request))
+    state = server.lookup(model, version)
+    labels["version"] = str(state.version)
+    x, layout = protocols.tfs_inputs(document, state.backend.input, server.settings.max_batch_size)
+    y = await server.infer(model, state, x)
+    return Response(protocols.tfs_response(y, layout), media_type="application/json")
