@@ -81,17 +81,12 @@ def onnx_operator_times(directory, batch, runs: int = 20, threads: int = 2):
     import tempfile
     from pathlib import Path
 
-    import onnxruntime as ort
     import pandas as pd
 
-    from helpers.integrity import verify_manifest
+    from helpers.runtimes import load_onnx
 
-    verify_manifest(directory, required=("model.onnx",))
     with tempfile.TemporaryDirectory() as tmp:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-        options.enable_profiling, options.profile_file_prefix = True, f"{tmp}/profile"
-        session = ort.InferenceSession(str(Path(directory) / "model.onnx"), options, providers=["CPUExecutionProvider"])
+        session = load_onnx(directory, threads, profile_prefix=f"{tmp}/profile")  # checks the manifest first
         name = session.get_inputs()[0].name
         for _ in range(runs):
             session.run(None, {name: batch})

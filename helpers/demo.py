@@ -14,7 +14,8 @@ from pathlib import Path
 
 from helpers import data, export, model_store, paths, quantize, training
 from helpers.fixes import with_fix
-from helpers.serving.process import DEMO_PORT, port_free
+from helpers.processes import port_free
+from helpers.serving.process import DEMO_PORT
 from helpers.serving.repository import publish
 
 CALIBRATION_IMAGES = 500  # as in chapter 05

@@ -22,8 +22,10 @@ import numpy as np
 
 from helpers import env, paths
 from helpers.integrity import IntegrityError, verify_manifest, write_manifest
+from helpers.losses import softmax
 
-THREADS = 2  # every runtime created here uses this many threads; the benchmarks report it
+# the loaders live with the other runtimes code; chapters call them as export.load_onnx(...) and so on
+from helpers.runtimes import SERVE, SERVING_DEFAULT, THREADS, load_onnx, load_savedmodel, onnx_predictor  # noqa: F401
 
 
 def export_dir(fmt: str, model: str, version: int) -> Path:
@@ -57,11 +59,6 @@ def versions(*names: str) -> dict[str, str]:
 # --------------------------------------------------------------------------- parity
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return e / e.sum(axis=1, keepdims=True)
-
-
 def parity(reference_logits: np.ndarray, logits: np.ndarray) -> dict:
     """How far an export's outputs are from its source's, on the same images."""
     reference_logits, logits = np.asarray(reference_logits, np.float64), np.asarray(logits, np.float64)
@@ -80,10 +77,6 @@ def in_batches(predict, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- Keras -> SavedModel -> ONNX (chapter 03)
-
-SERVE = "serve"  # float32 images (N, 28, 28, 1) in [0, 1] -> logits: what the model itself computes
-SERVING_DEFAULT = "serving_default"  # raw uint8 images (N, 28, 28) -> probabilities and classes: for clients
-
 
 def export_savedmodel(model, name: str, version: int, card: dict, batch_size: int | None = None) -> Path:
     """A SavedModel with two signatures: `serve` (the model) and `serving_default` (preprocessing inside the graph)."""
@@ -111,13 +104,6 @@ def export_savedmodel(model, name: str, version: int, card: dict, batch_size: in
     return export_dir("savedmodel", name, version)
 
 
-def load_savedmodel(directory: Path):
-    import tensorflow as tf
-
-    verify_manifest(directory, required=("saved_model.pb",))
-    return tf.saved_model.load(str(directory))
-
-
 def savedmodel_to_onnx(savedmodel: Path, name: str, version: int, opset: int = 17) -> Path:
     """Convert the `serve` signature with tf2onnx (in a subprocess, as its command line does)."""
     manifest = verify_manifest(savedmodel, required=("saved_model.pb",))
@@ -131,24 +117,6 @@ def savedmodel_to_onnx(savedmodel: Path, name: str, version: int, opset: int = 1
                        source_card=manifest["source_card"], inputs={"images": ["N", 28, 28, 1, "float32"]},
                        outputs={"output_0": ["N", 10, "float32"]}, versions=versions("tf2onnx", "onnx", "tensorflow-cpu"))
     return export_dir("onnx", name, version)
-
-
-def load_onnx(directory: Path, threads: int = THREADS, model_bytes: bytes | None = None):
-    """An ONNX Runtime session on the verified model.onnx (or on `model_bytes`, already verified), with a fixed
-    thread count."""
-    import onnxruntime as ort
-
-    if model_bytes is None:
-        verify_manifest(directory, required=("model.onnx",))
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    model = model_bytes if model_bytes is not None else str(Path(directory) / "model.onnx")
-    return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
-
-
-def onnx_predictor(session):
-    name = session.get_inputs()[0].name
-    return lambda x: session.run(None, {name: x})[0]
 
 
 # --------------------------------------------------------------------------- PyTorch -> TorchScript / Lite / ExecuTorch / ONNX (chapter 04)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from helpers import export
+from helpers import runtimes
 from helpers.integrity import IntegrityError, sha256_bytes, verify_manifest
 
 
@@ -49,7 +49,7 @@ class OnnxBackend(Backend):
         if sha256_bytes(self.model_bytes) != manifest["files"]["model.onnx"]["sha256"]:
             raise IntegrityError(f"refusing to load {directory}: model.onnx changed while it was being loaded")
         # a server gets its parallelism from requests, not inside one
-        self.session = export.load_onnx(directory, threads=1, model_bytes=self.model_bytes)
+        self.session = runtimes.load_onnx(directory, threads=1, model_bytes=self.model_bytes)
         self.input, self.output = spec_from_manifest(manifest["inputs"]), spec_from_manifest(manifest["outputs"])
         self.input_name = self.session.get_inputs()[0].name
 
@@ -61,9 +61,9 @@ class SavedModelBackend(Backend):
     platform = "tensorflow_savedmodel"
 
     def __init__(self, directory: Path, manifest: dict):
-        signature = manifest["signatures"][export.SERVE]
+        signature = manifest["signatures"][runtimes.SERVE]
         self.input, self.output = spec_from_manifest(signature["inputs"]), spec_from_manifest(signature["outputs"])
-        self.serve = export.load_savedmodel(directory).signatures[export.SERVE]
+        self.serve = runtimes.load_savedmodel(directory).signatures[runtimes.SERVE]
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return self.serve(**{self.input.name: x})[self.output.name].numpy()

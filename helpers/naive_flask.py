@@ -3,7 +3,7 @@
 measured, not deployed: a development server, a framework call with a large fixed cost per request, no batching, no
 validation, no limits.
 
-    python -m helpers.serving.naive_flask PORT
+    python -m helpers.naive_flask PORT
 """
 
 from __future__ import annotations
