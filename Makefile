@@ -1,6 +1,6 @@
 # The course's commands. Each one sets up what it needs first, and re-running skips what is done.
 #   make course   set up, fetch MNIST, execute every chapter (full mode) -> build/course/index.html
-#   make test     set up, fetch MNIST, run the unit tests + every notebook in smoke mode
+#   make test     set up, fetch MNIST, lint (ruff, import layers), run the unit tests + every notebook in smoke mode
 #   make lab      set up, open JupyterLab on notebooks/ with the course kernel
 #   make doctor   check this machine against what the course needs (before a workshop); exits 1 if a chapter cannot run
 #   make wheelhouse  download every pinned wheel into build/wheelhouse/ (PLATFORM=... for another machine's)
@@ -17,8 +17,9 @@ SHELL := /bin/bash
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-KERNEL := deploy-dl-course
-KERNEL_DISPLAY := Python 3.11 (deploy-dl course)
+# the kernel's name is defined once, in course_tools/__init__.py (the runner and the doctor import it)
+KERNEL := $(shell sed -n 's/^KERNEL = "\(.*\)"$$/\1/p' course_tools/__init__.py)
+KERNEL_DISPLAY := $(shell sed -n 's/^KERNEL_DISPLAY = "\(.*\)"$$/\1/p' course_tools/__init__.py)
 REQUIREMENTS := requirements.txt
 WHEELHOUSE := build/wheelhouse
 OFFLINE :=
@@ -36,9 +37,32 @@ endif
 PLATFORM_FLAGS = $(if $(PLATFORM),--platform $(PLATFORM) --python-version 3.11 --implementation cp --only-binary=:all:)
 WEB_RUNTIME_TARBALL = $(WHEELHOUSE)/web-node_modules.tar.gz
 
-# Python 3.11 exactly: the pinned stack is verified on it. python3 is accepted only if it is 3.11.
-PYTHON311 := $(shell command -v python3.11 2>/dev/null || \
-	(python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null && command -v python3))
+# The Pythons the pinned stack is verified on, newest first (tests/test_platforms.py installs it on each).
+# A new .venv gets the newest one found: python3.13, python3.12, python3.11 (each only if it runs: a pyenv shim for a
+# version not selected does not), then python3 if its version is one of them. `make setup PYTHON=/path/to/python`
+# chooses. An existing .venv made by a supported Python is kept (no rebuild because another Python appeared);
+# one made by another Python than PYTHON=, by an unsupported one, or left half-made is rebuilt.
+SUPPORTED_PYTHONS := 3.13 3.12 3.11
+PYTHON :=
+version_of = $(shell $(1) -c 'import sys; print(*sys.version_info[:2], sep=".")' 2>/dev/null)
+# each probe runs once, and only for the targets that use it (X = $(eval X := ...)$(X)): `make help` starts no Python
+# the .venv's Python: its version and the interpreter it was made from (empty if there is no working .venv)
+VENV_PYTHON = $(eval VENV_PYTHON := $(shell $(PY) -c 'import pip, sys; print("%d.%d" % sys.version_info[:2], sys._base_executable)' 2>/dev/null))$(VENV_PYTHON)
+VENV_PYTHON_VERSION = $(word 1,$(VENV_PYTHON))
+NEWEST_PYTHON = $(eval NEWEST_PYTHON := $(shell for v in $(SUPPORTED_PYTHONS); do p=$$(command -v python$$v) && \
+	[ "$$("$$p" -c 'import sys; print(*sys.version_info[:2], sep=".")' 2>/dev/null)" = "$$v" ] && echo "$$p" && exit; done; \
+	p=$$(command -v python3) && v=$$("$$p" -c 'import sys; print(*sys.version_info[:2], sep=".")' 2>/dev/null) && \
+	for s in $(SUPPORTED_PYTHONS); do [ "$$v" = "$$s" ] && echo "$$p"; done; true))$(NEWEST_PYTHON)
+# the Python setup uses: PYTHON=, else the .venv's own while it is supported, else the newest found
+SETUP_PYTHON = $(or $(PYTHON),$(if $(filter $(VENV_PYTHON_VERSION),$(SUPPORTED_PYTHONS)),$(word 2,$(VENV_PYTHON))),$(NEWEST_PYTHON))
+SETUP_PYTHON_VERSION = $(eval SETUP_PYTHON_VERSION := $(if $(SETUP_PYTHON),$(call version_of,$(SETUP_PYTHON))))$(SETUP_PYTHON_VERSION)
+# PYTHON= naming another version than the .venv's: set up again now, however fresh the stamp
+ifneq ($(PYTHON),)
+ifneq ($(SETUP_PYTHON_VERSION),$(VENV_PYTHON_VERSION))
+$(STAMP): python-changed
+.PHONY: python-changed
+endif
+endif
 
 .PHONY: help setup data lab course test demo doctor wheelhouse site student strip clean distclean
 
@@ -47,20 +71,29 @@ help:
 
 setup: $(STAMP)
 
-$(STAMP): $(REQUIREMENTS) pyproject.toml Makefile web/package-lock.json
-	@if [ -z "$(PYTHON311)" ]; then \
-	  echo "ERROR: Python 3.11 is required (found: $$(python3 --version 2>&1))."; \
-	  echo "Install it (Debian/Ubuntu: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.11; or pyenv) and re-run."; \
+$(STAMP): $(REQUIREMENTS) pyproject.toml Makefile web/package-lock.json course_tools/__init__.py
+	@if [ -z "$(SETUP_PYTHON)" ]; then \
+	  echo "ERROR: the course needs Python 3.11, 3.12 or 3.13; none found (python3 is: $$(python3 --version 2>&1))."; \
+	  echo "Install one (Debian 12+/Ubuntu 24.04+: apt-get install python3 python3-venv; Ubuntu 22.04: apt-get install python3.11 python3.11-venv; macOS: brew install python@3.13; anywhere: pyenv install 3.13) and re-run, or name one: make setup PYTHON=/path/to/python3.13"; \
 	  exit 1; fi
-	@# a .venv left half-made (no venv module) or made by another Python is rebuilt, not reused
-	@$(PY) -c 'import pip, sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null || { \
-	  echo "Creating $(VENV) with $(PYTHON311)"; rm -rf $(VENV); $(PYTHON311) -m venv $(VENV) || { \
-	  echo "ERROR: could not create a venv. Debian/Ubuntu: apt-get install python3.11-venv"; exit 1; }; }
+	@if [ -z "$(filter $(SETUP_PYTHON_VERSION),$(SUPPORTED_PYTHONS))" ]; then \
+	  echo "ERROR: $(SETUP_PYTHON) is $(if $(SETUP_PYTHON_VERSION),Python $(SETUP_PYTHON_VERSION),not a Python 3 that runs): the course supports Python 3.11, 3.12 and 3.13 only (its pinned packages are verified on those)."; \
+	  echo "Pass a supported one (make setup PYTHON=/path/to/python3.13), or leave PYTHON= out to take the newest found$(if $(NEWEST_PYTHON), ($(NEWEST_PYTHON)))."; \
+	  exit 1; fi
+	@# a .venv left half-made (no pip) or made by another Python than the chosen one is rebuilt, not reused
+	@[ "$$($(PY) -c 'import pip, sys; print(*sys.version_info[:2], sep=".")' 2>/dev/null)" = "$(SETUP_PYTHON_VERSION)" ] || { \
+	  echo "Creating $(VENV) with $(SETUP_PYTHON) (Python $(SETUP_PYTHON_VERSION))"; rm -rf $(VENV); $(SETUP_PYTHON) -m venv $(VENV) || { \
+	  echo "ERROR: could not create a venv. Debian/Ubuntu: apt-get install python$(SETUP_PYTHON_VERSION)-venv"; exit 1; }; }
 	@if [ "$(OFFLINE)" = 1 ] && [ ! -d "$(WHEELHOUSE_DIR)" ]; then \
 	  echo "ERROR: no wheelhouse at $(WHEELHOUSE_DIR). Make one on a machine with network (make wheelhouse) and pass WHEELHOUSE=<its folder>."; exit 1; fi
 	@echo "Installing the pinned stack (a few minutes the first time) ..."
 	$(PIP_INSTALL) -r $(REQUIREMENTS)
 	$(PIP_INSTALL) --no-deps -e .
+	@# PyPI's Linux torch is a CUDA build that brings triton (GPU kernels), and importing triton after TensorFlow
+	@# crashes the process (chapters 02, 04, 05 would die with "Kernel died"). On a CPU torch never uses it: remove it.
+	@if $(PY) -m pip show --quiet triton >/dev/null 2>&1; then \
+	  echo "Removing triton (GPU-only, crashes beside TensorFlow; the CPU build of torch has none)"; \
+	  $(PY) -m pip uninstall --yes --quiet triton; fi
 	@# wrk, chapter 06's load generator, is a system package: installed here where apt-get can (as root), else explained
 	@command -v wrk >/dev/null || { [ "$(OFFLINE)" != 1 ] && [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 	  (apt-get install -y -qq wrk >/dev/null 2>&1 || (apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq wrk >/dev/null 2>&1)); } || \
@@ -96,17 +129,21 @@ lab: data
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
 
 course: data
-	$(PY) -m helpers.course
+	$(PY) -m course_tools.course
 
+# the layers and the lint first (seconds), then every test tier but the slow platform checks .ci/run adds
 test: data
-	$(PY) -m pytest
+	$(VENV)/bin/ruff check --quiet .
+	$(VENV)/bin/lint-imports --no-cache >/dev/null || $(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -m "not platforms"
 
 demo: data
 	$(PY) -m helpers.demo $(if $(PORT),--port $(PORT))
 
-# doctor runs with the course's Python if there is one, else Python 3.11, else python3: it must work before setup too
+# doctor runs with the course's Python if there is one, else the Python setup would take, else python3: it must work
+# before setup too (and says so when that python3 is not a supported version)
 doctor:
-	@$(or $(wildcard $(PY)),$(PYTHON311),python3) -m helpers.doctor
+	@$(or $(wildcard $(PY)),$(NEWEST_PYTHON),python3) -m course_tools.doctor
 
 wheelhouse: setup
 	@mkdir -p $(WHEELHOUSE)
@@ -121,13 +158,13 @@ wheelhouse: setup
 	@du -sh $(WHEELHOUSE)
 
 site: setup
-	$(PY) -m helpers.site
+	$(PY) -m course_tools.site
 
 student: setup
-	$(PY) -m helpers.student
+	$(PY) -m course_tools.student
 
 strip: setup
-	$(PY) -m helpers.nbclean notebooks/*.ipynb
+	$(PY) -m course_tools.nbclean notebooks/*.ipynb
 
 clean:
 	@# the wheelhouse is kept: it may be the only way this machine can install anything

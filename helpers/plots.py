@@ -5,8 +5,8 @@ from __future__ import annotations
 import textwrap
 
 import matplotlib.pyplot as plt
-from matplotlib.ticker import EngFormatter
 import numpy as np
+from matplotlib.ticker import EngFormatter
 
 
 def show_digits(images: np.ndarray, labels, title: str | None = None, ncols: int = 10):

@@ -9,6 +9,15 @@ os.environ.setdefault("COURSE_ARTIFACTS", str(paths.ROOT / "build" / "test-artif
 
 import pytest  # noqa: E402
 
+TIERS = ("unit", "integration", "notebook", "platforms")  # registered in pyproject.toml
+
+
+def pytest_collection_modifyitems(items):
+    """A test marked with no tier is a unit test, so `pytest -m unit` is every fast test and nothing slow."""
+    for item in items:
+        if not any(item.get_closest_marker(tier) for tier in TIERS):
+            item.add_marker(pytest.mark.unit)
+
 
 @pytest.fixture(scope="session")
 def real_mnist():

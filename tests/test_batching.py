@@ -4,7 +4,6 @@ not fail its neighbours, and a cancelled request is dropped."""
 import asyncio
 
 import numpy as np
-import pytest
 
 from helpers.serving.batching import DynamicBatcher
 

@@ -6,7 +6,7 @@ import torch
 
 from helpers import bench, export, integrity, models
 
-pytestmark = pytest.mark.usefixtures("artifacts_in_tmp")
+pytestmark = [pytest.mark.integration, pytest.mark.usefixtures("artifacts_in_tmp")]
 
 IMAGES = np.random.default_rng(0).random((8, 1, 28, 28), dtype=np.float32)
 CARD = {"name": "source_cnn", "test_accuracy": 0.5}

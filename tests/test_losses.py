@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
-from scipy.special import expit, logsumexp as scipy_logsumexp
+from scipy.special import expit
+from scipy.special import logsumexp as scipy_logsumexp
 
 from helpers import gradcheck, losses
 

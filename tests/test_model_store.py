@@ -7,7 +7,6 @@ import torch
 from helpers import model_store, models
 from helpers.integrity import IntegrityError
 
-
 pytestmark = pytest.mark.usefixtures("artifacts_in_tmp")
 
 

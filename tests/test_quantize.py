@@ -6,6 +6,8 @@ import torch
 
 from helpers import bench, export, integrity, models, quantize, training
 
+pytestmark = pytest.mark.integration  # starts real processes or trains and exports models
+
 RNG = np.random.default_rng(0)
 CARD = {"name": "source_cnn", "test_accuracy": 0.5, "file_sha256": "a" * 64}
 UINT8_IMAGES = RNG.integers(0, 256, size=(64, 28, 28), dtype=np.uint8)
@@ -169,7 +171,7 @@ def test_quantization_aware_training_trains_a_copy_and_leaves_the_source_model_a
 def max_levels_per_channel(graph_module) -> int:
     """The most distinct integer values any output channel of any int8 weight constant holds in a converted graph."""
     levels = 0
-    for name, tensor in list(graph_module.named_buffers()) + list(graph_module.named_parameters()):
+    for _, tensor in list(graph_module.named_buffers()) + list(graph_module.named_parameters()):
         if tensor.dtype == torch.int8 and tensor.ndim >= 2:
             levels = max(levels, max(len(torch.unique(row)) for row in tensor.reshape(tensor.shape[0], -1)))
     return levels

@@ -5,7 +5,6 @@ import pytest
 
 from helpers import report
 
-
 pytestmark = pytest.mark.usefixtures("artifacts_in_tmp")
 
 

@@ -12,11 +12,13 @@ import numpy as np
 import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from small_models import make_export, repository_of
 
 from helpers.serving import client as serving_client
 from helpers.serving.__main__ import main as server_main
 from helpers.serving.process import running_server
-from small_models import make_export, repository_of
+
+pytestmark = pytest.mark.integration  # starts real processes or trains and exports models
 
 RNG = np.random.default_rng(0)
 X = RNG.random((4, 1, 28, 28), dtype=np.float32)

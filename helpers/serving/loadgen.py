@@ -61,7 +61,7 @@ def run(url: str, body: bytes, headers: dict[str, str], connections: int, second
                    f"--timeout={max(1, round(timeout_s))}s", "-s", str(script), url]
         result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + timeout_s + 30,
                                 env={**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_HEADERS_FILE": str(headers_file)})
-    line = next((l for l in result.stdout.splitlines() if l.startswith("WRK_JSON ")), None)
+    line = next((out for out in result.stdout.splitlines() if out.startswith("WRK_JSON ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed (exit {result.returncode}): {result.stderr[-1000:] or result.stdout[-1000:]}")
     raw = json.loads(line.removeprefix("WRK_JSON "))
