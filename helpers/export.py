@@ -124,13 +124,18 @@ def savedmodel_to_onnx(savedmodel: Path, name: str, version: int, opset: int = 1
 TORCHSCRIPT_IO = {"inputs": {"x": ["N", 1, 28, 28, "float32"]}, "outputs": {"logits": ["N", 10, "float32"]}}
 
 
+def export_scripted(fmt: str, save, filename: str, name: str, version: int, card: dict) -> Path:
+    """A scripted module written by `save(path)` as `<fmt>/<name>/<version>/<filename>`, with its manifest."""
+    with new_version(fmt, name, version) as directory:
+        save(str(directory / filename))
+        write_manifest(directory, format=fmt, model=name, version=version, source_card=card,
+                       **TORCHSCRIPT_IO, versions=versions("torch"))
+    return export_dir(fmt, name, version)
+
+
 def export_torchscript(scripted, name: str, version: int, card: dict) -> Path:
     """A TorchScript module (from torch.jit.trace or script) as model.pt."""
-    with new_version("torchscript", name, version) as directory:
-        scripted.save(str(directory / "model.pt"))
-        write_manifest(directory, format="torchscript", model=name, version=version, source_card=card,
-                       **TORCHSCRIPT_IO, versions=versions("torch"))
-    return export_dir("torchscript", name, version)
+    return export_scripted("torchscript", scripted.save, "model.pt", name, version, card)
 
 
 def load_torchscript(directory: Path):
@@ -142,11 +147,7 @@ def load_torchscript(directory: Path):
 
 def export_lite(scripted, name: str, version: int, card: dict) -> Path:
     """The source document's Android artifact: a lite-interpreter model.ptl (deprecated, see chapter 04)."""
-    with new_version("lite", name, version) as directory:
-        scripted._save_for_lite_interpreter(str(directory / "model.ptl"))
-        write_manifest(directory, format="lite", model=name, version=version, source_card=card,
-                       **TORCHSCRIPT_IO, versions=versions("torch"))
-    return export_dir("lite", name, version)
+    return export_scripted("lite", scripted._save_for_lite_interpreter, "model.ptl", name, version, card)
 
 
 def load_lite(directory: Path):
