@@ -1,8 +1,10 @@
 """Export the course's models to deployable formats, load them back safely, and check them against their source.
 
 Every export lands in `artifacts/exports/<format>/<model>/<version>/` (the TF Serving layout: a model name, then one
-folder per integer version) with a manifest.json listing each file's size and sha256, the inputs and outputs, the source
-model's card and the library versions. Every `load_*` checks the manifest first and refuses a changed file.
+folder per integer version) with a manifest.json listing each file's size and sha256, the inputs and outputs, the
+preprocessing contract of the input (`preprocessing`: dtype, shape, layout, value range and how raw pixels are scaled),
+the source model's card and the library versions. Every `load_*` checks the manifest first (its own checksum and its
+schema: helpers.integrity) and refuses a changed file.
 
 Formats: "savedmodel" and "onnx" (from Keras, chapter 03); "torchscript" (.pt), "lite" (.ptl), "executorch" (.pte) and
 "onnx" (from PyTorch, chapter 04). Chapter 05's quantized variants ("tflite", int8 "onnx" and "executorch") are made by
@@ -56,6 +58,22 @@ def versions(*names: str) -> dict[str, str]:
     return {name: env.installed_version(name) for name in names}
 
 
+# MNIST's raw pixels: 28 x 28 uint8, 0 = background, 255 = ink; the models take them divided by 255, nothing subtracted
+PIXELS = "MNIST: 28 x 28 grayscale uint8, 0 = background, 255 = ink; no mean or std normalisation"
+LAYOUTS = {(28, 28, 1): "NHWC", (1, 28, 28): "NCHW", (28, 28): "NHW"}
+
+
+def preprocessing(inputs: dict, dtype: str = "float32", value_range=(0.0, 1.0), scaling: str = "uint8 / 255") -> dict:
+    """The preprocessing contract of a model's one input, for its manifest: what a caller must send it.
+
+    `inputs` is the manifest's {"images": ["N", 28, 28, 1, "float32"]}; `dtype` is what the caller prepares (an int8
+    TFLite model quantizes float32 itself, with the scale stored in the model).
+    """
+    (name, dims), = inputs.items()
+    return {"input": name, "dtype": dtype, "shape": dims[:-1], "layout": LAYOUTS[tuple(dims[1:-1])],
+            "range": list(value_range), "scaling": scaling, "pixels": PIXELS}
+
+
 # --------------------------------------------------------------------------- parity
 
 
@@ -78,6 +96,9 @@ def in_batches(predict, x: np.ndarray, batch_size: int = 1000) -> np.ndarray:
 
 # --------------------------------------------------------------------------- Keras -> SavedModel -> ONNX (chapter 03)
 
+SAVEDMODEL_SERVE_IO = {"inputs": {"images": ["N", 28, 28, 1, "float32"]}, "outputs": {"output_0": ["N", 10, "float32"]}}
+
+
 def export_savedmodel(model, name: str, version: int, card: dict, batch_size: int | None = None) -> Path:
     """A SavedModel with two signatures: `serve` (the model) and `serving_default` (preprocessing inside the graph)."""
     import keras
@@ -97,9 +118,12 @@ def export_savedmodel(model, name: str, version: int, card: dict, batch_size: in
         archive.add_endpoint(name=SERVING_DEFAULT, fn=serving_default)
         archive.write_out(str(directory), verbose=False)
         write_manifest(directory, format="savedmodel", model=name, version=version, source_card=card,
-                       signatures={SERVE: {"inputs": {"images": ["N", 28, 28, 1, "float32"]}, "outputs": {"output_0": ["N", 10, "float32"]}},
+                       signatures={SERVE: {**SAVEDMODEL_SERVE_IO, "preprocessing": preprocessing(SAVEDMODEL_SERVE_IO["inputs"])},
                                    SERVING_DEFAULT: {"inputs": {"images": ["N", 28, 28, "uint8"]},
-                                                     "outputs": {"probabilities": ["N", 10, "float32"], "classes": ["N", "int64"]}}},
+                                                     "outputs": {"probabilities": ["N", 10, "float32"], "classes": ["N", "int64"]},
+                                                     "preprocessing": preprocessing(
+                                                         {"images": ["N", 28, 28, "uint8"]}, "uint8", (0, 255),
+                                                         "none: raw pixels; the graph casts them to float32 and divides by 255")}},
                        versions=versions("tensorflow-cpu", "keras"))
     return export_dir("savedmodel", name, version)
 
@@ -114,14 +138,15 @@ def savedmodel_to_onnx(savedmodel: Path, name: str, version: int, opset: int = 1
         if result.returncode != 0:
             raise RuntimeError(f"tf2onnx failed (exit {result.returncode}): {result.stderr[-2000:]}")
         write_manifest(directory, format="onnx", model=name, version=version, converted_from=f"savedmodel/{name}/{version} ({SERVE})",
-                       source_card=manifest["source_card"], inputs={"images": ["N", 28, 28, 1, "float32"]},
-                       outputs={"output_0": ["N", 10, "float32"]}, versions=versions("tf2onnx", "onnx", "tensorflow-cpu"))
+                       source_card=manifest["source_card"], **SAVEDMODEL_SERVE_IO,
+                       preprocessing=preprocessing(SAVEDMODEL_SERVE_IO["inputs"]), versions=versions("tf2onnx", "onnx", "tensorflow-cpu"))
     return export_dir("onnx", name, version)
 
 
 # --------------------------------------------------------------------------- PyTorch -> TorchScript / Lite / ExecuTorch / ONNX (chapter 04)
 
 TORCHSCRIPT_IO = {"inputs": {"x": ["N", 1, 28, 28, "float32"]}, "outputs": {"logits": ["N", 10, "float32"]}}
+TORCHSCRIPT_IO["preprocessing"] = preprocessing(TORCHSCRIPT_IO["inputs"])
 
 
 def export_scripted(fmt: str, save, filename: str, name: str, version: int, card: dict) -> Path:
@@ -172,7 +197,8 @@ def export_executorch(model, name: str, version: int, card: dict, **details) -> 
         program = to_edge_transform_and_lower(torch.export.export(model, example), partitioner=[XnnpackPartitioner()])
         (directory / "model.pte").write_bytes(program.to_executorch().buffer)
         write_manifest(directory, format="executorch", model=name, version=version, source_card=card, delegate="XNNPACK",
-                       inputs={"x": [1, 1, 28, 28, "float32"]}, outputs={"logits": [1, 10, "float32"]}, **details,
+                       inputs={"x": [1, 1, 28, 28, "float32"]}, outputs={"logits": [1, 10, "float32"]},
+                       preprocessing=preprocessing({"x": [1, 1, 28, 28, "float32"]}), **details,
                        versions=versions("torch", "executorch", "torchao"))
     return export_dir("executorch", name, version)
 
@@ -218,9 +244,10 @@ def export_torch_onnx(model, name: str, version: int, card: dict, dynamic_batch:
         program = torch.onnx.export(model.eval(), (torch.zeros(2, 1, 28, 28),), dynamic_shapes=dynamic, dynamo=True,
                                     input_names=["images"], output_names=["logits"], verbose=False)
         program.save(str(directory / "model.onnx"), external_data=False)
+        inputs = {"images": ["N" if dynamic_batch else 2, 1, 28, 28, "float32"]}
         write_manifest(directory, format="onnx", model=name, version=version, source_card=card, exporter="torch.onnx (dynamo)",
-                       inputs={"images": ["N" if dynamic_batch else 2, 1, 28, 28, "float32"]},
-                       outputs={"logits": ["N" if dynamic_batch else 2, 10, "float32"]}, versions=versions("torch", "onnx", "onnxscript"))
+                       inputs=inputs, outputs={"logits": ["N" if dynamic_batch else 2, 10, "float32"]},
+                       preprocessing=preprocessing(inputs), versions=versions("torch", "onnx", "onnxscript"))
     return export_dir("onnx", name, version)
 
 

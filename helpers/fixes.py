@@ -39,6 +39,8 @@ FIXES = {
                      "read the end of its log, which the error quotes (artifacts/logs/<name>-<port>.log): usually a model that failed to load or a missing package (`make setup`)."),
     "tampered": Fix("refusing to load a file that changed, is missing or is not listed in its manifest",
                     "delete that folder and run the chapter that made it again (or `make clean` and rerun): the course never loads a file it cannot verify."),
+    "manifest": Fix("refusing to load a manifest.json that is not valid JSON, breaks the manifest schema or changed since it was written",
+                    "re-export that version: delete its folder and run the chapter that exported it again (or `make clean` and rerun); for a server's model repository, publish the version again from a verified export. Never edit a manifest by hand: its manifest_sha256 covers every field."),
     "wrk": Fix("`wrk` is not installed (chapter 06 load tests)",
                "`sudo apt-get install wrk` (Debian/Ubuntu; `make setup` does it as root) or `brew install wrk`; without it the load tests are skipped and say so."),
     "prometheus": Fix("`prometheus` is not installed (chapter 07)",

@@ -129,11 +129,22 @@ def export_tflite(savedmodel: Path, name: str, mode: str, calibration: np.ndarra
     flatbuffer = convert_tflite(savedmodel, mode, calibration if mode == "int8" else None)
     with export.new_version("tflite", model, 1) as directory:
         (directory / "model.tflite").write_bytes(flatbuffer)
-        write_manifest(directory, format="tflite", model=model, version=1, quantization=mode,
+        write_manifest(directory, format="tflite", model=model, version=1, quantization=mode, **tflite_io(mode),
                        converted_from=f"savedmodel/{source['model']}/{source['version']} ({export.SERVE})",
                        calibration_images=len(calibration) if mode == "int8" else 0, source_card=source["source_card"],
                        versions=export.versions("tensorflow-cpu", "ai-edge-litert"))
     return export.export_dir("tflite", model, 1)
+
+
+def tflite_io(mode: str) -> dict:
+    """The manifest's io contract of a .tflite converted from the SavedModel's `serve` signature: the same tensors, int8
+    at both ends in full-integer mode, where the caller still prepares float32 in [0, 1] and tflite_predictor quantizes
+    it with the scale and zero point stored in the model."""
+    dtype = "int8" if mode == "int8" else "float32"
+    inputs = {"images": ["N", 28, 28, 1, dtype]}
+    scaling = "uint8 / 255" + (", then quantized to int8 with model.tflite's input scale and zero point" if mode == "int8" else "")
+    return {"inputs": inputs, "outputs": {"output_0": ["N", 10, dtype]},
+            "preprocessing": export.preprocessing({"images": ["N", 28, 28, 1, "float32"]}, scaling=scaling)}
 
 
 def load_tflite(directory: Path, threads: int = export.THREADS):
@@ -219,7 +230,8 @@ def quantize_onnx(source: Path, name: str, mode: str, calibration: np.ndarray | 
                                      "calibration": method if mode == "static" else None,
                                      "calibration_images": len(calibration) if mode == "static" else 0},
                        converted_from=f"onnx/{manifest['model']}/{manifest['version']}", source_card=manifest["source_card"],
-                       inputs=manifest["inputs"], outputs=manifest["outputs"], versions=export.versions("onnxruntime", "onnx"))
+                       inputs=manifest["inputs"], outputs=manifest["outputs"], preprocessing=manifest["preprocessing"],
+                       versions=export.versions("onnxruntime", "onnx"))
     return export.export_dir("onnx", variant, 1)
 
 

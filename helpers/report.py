@@ -4,6 +4,12 @@
     report.record(final_loss_adam=0.0012)
 
 Every `record` rewrites the file, so figures recorded before a failing cell are kept.
+
+A part that runs only where a program is installed records whether it runs, and why not, before it starts:
+
+    have_wrk = report.part("load tests", runs=loadgen.available(), because="wrk is not installed (apt-get install wrk)")
+
+The notebook's output says so, and the test suite reports every skipped part, with its reason, as a skipped test.
 """
 
 from __future__ import annotations
@@ -42,13 +48,36 @@ def to_json_value(value):
 class Report:
     def __init__(self, notebook: str, smoke: bool):
         self.path = metrics_path(notebook)
-        self.data = {"notebook": notebook, "smoke": bool(smoke), "started_at": time.time(), "metrics": {}}
+        self.data = {"notebook": notebook, "smoke": bool(smoke), "started_at": time.time(), "metrics": {}, "parts": {}}
         self._write()
 
     def record(self, **metrics) -> None:
         for name, value in metrics.items():
             self.data["metrics"][name] = to_json_value(value)
         self._write()
+
+    def part(self, part: str, runs: bool, because: str | None) -> bool:
+        """Record whether the optional `part` runs here and say so; `because` is why it cannot (used when `runs` is
+        false). Returns `runs`, for the notebook's `if`."""
+        if runs:
+            self.ran(part)
+        else:
+            self.skipped(part, because=because)
+        return bool(runs)
+
+    def ran(self, part: str) -> None:
+        """Record that the optional `part` runs in this run."""
+        self.data["parts"][part] = {"ran": True}
+        self._write()
+        print(f"{part}: will run")
+
+    def skipped(self, part: str, because: str | None) -> None:
+        """Record that the optional `part` is skipped in this run, and why (what is missing and how to install it)."""
+        if not because or not str(because).strip():
+            raise ValueError(f"say why {part!r} is skipped (what is missing, and how to install it)")
+        self.data["parts"][part] = {"ran": False, "because": str(because)}
+        self._write()
+        print(f"{part}: SKIPPED because {because}")
 
     def _write(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -63,8 +92,11 @@ def start(notebook: str, smoke: bool) -> Report:
 
 
 def load(notebook: str) -> dict:
-    """What `notebook` recorded: {"notebook", "smoke", "started_at", "metrics"}."""
+    """What `notebook` recorded: {"notebook", "smoke", "started_at", "metrics", "parts"}; "parts" maps each optional
+    part to {"ran": True} or {"ran": False, "because": why}."""
     path = metrics_path(notebook)
     if not path.exists():
         raise FileNotFoundError(f"{notebook} recorded no metrics ({path} does not exist)")
-    return json.loads(path.read_text())
+    recorded = json.loads(path.read_text())
+    recorded.setdefault("parts", {})  # a file written before parts were recorded
+    return recorded

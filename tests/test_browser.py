@@ -82,7 +82,12 @@ def test_bad_strokes_are_refused_with_a_message():
         digits.image_to_strokes(np.zeros((27, 28), np.uint8))
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed: the JavaScript twin is tested in Chromium only")
+# the reason names the program: where COURSE_REQUIRE names it (CI), the skip fails instead (tests/conftest.py)
+needs_node = pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed (apt-get install nodejs; macOS: "
+                                "brew install node): the JavaScript twin is not run in Node.js, only in Chromium")
+
+
+@needs_node
 def test_javascript_preprocessing_equals_python_bit_for_bit_in_node(real_mnist):
     too_wide = [[[(0.0, 100.0), (3000.0, 100.0)]], [[(0.0, 0.0)], [(5e5, 5e5)]]]  # the pen falls between the samples
     cases = (mnist_strokes(real_mnist, 30) + digits.random_scribbles(RNG, 30, margin=-20) + float_scribbles(30)
@@ -92,7 +97,7 @@ def test_javascript_preprocessing_equals_python_bit_for_bit_in_node(real_mnist):
     assert not expected[-2:].any()  # blank, in both
 
 
-@pytest.mark.skipif(shutil.which("node") is None, reason="Node.js is not installed")
+@needs_node
 def test_both_twins_refuse_coordinates_beyond_their_limit():
     with pytest.raises(ValueError, match="beyond"):
         digits.strokes_to_image([[(1e300, 1.0)]])
@@ -191,7 +196,8 @@ def test_the_last_resort_kills_only_browsers_this_process_started(monkeypatch, t
 
 # ---------------------------------------------------------------------------------------------- the page in Chromium
 
-needs_browser = pytest.mark.skipif(browser.missing() is not None, reason=f"browser test skipped: {browser.missing()}")
+needs_browser = pytest.mark.skipif(browser.missing() is not None,
+                                   reason=f"the browser tests need Chromium and ONNX Runtime Web: {browser.missing()}")
 
 
 @pytest.fixture(scope="module")

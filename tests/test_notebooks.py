@@ -1,18 +1,24 @@
 """Every notebook in notebooks/, found on disk: committed clean, executed in smoke mode, and its metrics checked.
 
 A new notebook is picked up without editing this file; it only needs an entry in notebook_expectations.py.
+A part a notebook runs only where a program is installed (notebook_expectations.PARTS) gets a test of its own,
+`test_notebook_part_ran[<notebook>-<part>]`: it passes when the part ran and is skipped, with the notebook's reason,
+when the notebook recorded it as skipped; where COURSE_REQUIRE names the program, that skip fails (tests/conftest.py).
 """
 
-import shutil
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import nbformat
 import pytest
-from notebook_expectations import EXPECTATIONS, OPS, SMOKE_BUDGET_S, TIME_LIMIT_FACTOR
+from notebook_expectations import EXPECTATIONS, OPS, PARTS, SMOKE_BUDGET_S, TIME_LIMIT_FACTOR, WITHOUT
 
 from course_tools import runner
 from course_tools.nbclean import has_tag
 from helpers import paths, report
+
+pytest_plugins = ["pytester"]  # the COURSE_REQUIRE hook's own tests run a small pytest session
 
 NOTEBOOKS = paths.notebooks()
 EXECUTED_DIR = paths.build() / "test-notebooks"
@@ -43,10 +49,30 @@ def test_committed_notebook_is_stripped_and_follows_the_conventions(notebook):
     assert notebook.stem in EXPECTATIONS, f"add the metrics {notebook.stem} must record to tests/notebook_expectations.py"
 
 
-@by_stem(NOTEBOOKS)
-@pytest.mark.notebook
-@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)
-def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
+@dataclass
+class Run:
+    """One smoke-mode execution of a notebook in this session, shared by its notebook test and its part tests."""
+    result: runner.RunResult
+    executed: Path  # the executed copy
+    started: float
+    left: list[str]  # processes it left running
+
+    def recorded(self) -> dict:
+        recorded = report.load(self.result.notebook)
+        assert recorded["started_at"] >= self.started, "the metrics file is left over from an earlier run: the notebook recorded nothing"
+        return recorded
+
+
+RUNS: dict[str, Run | None] = {}  # notebook stem -> its run; None while (or if) its execution did not finish
+
+
+def run_once(notebook) -> Run:
+    """Execute `notebook` in smoke mode, once per session."""
+    if notebook.stem in RUNS:
+        if RUNS[notebook.stem] is None:
+            pytest.fail(f"{notebook.name}'s execution did not finish in this session (see its notebook test)")
+        return RUNS[notebook.stem]
+    RUNS[notebook.stem] = None
     started = time.time()
     executed = EXECUTED_DIR / notebook.name
     try:
@@ -54,20 +80,43 @@ def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
     finally:  # also when the notebook failed: "stopped at the end, including when a cell fails"
         left = processes_started_since(started)
     runner.record_run(EXECUTED_DIR / "runs.json", result)  # smoke runtimes and memory, to spot a notebook growing slow
-    assert result.ok, f"{notebook.name} failed at {result.error}; the executed copy is {executed}" + (
+    RUNS[notebook.stem] = Run(result, executed, started, left)
+    return RUNS[notebook.stem]
+
+
+def bar_applies(parts_needed: list[str], parts: dict) -> bool:
+    """Whether a bar is checked: each part it names ran ("without <part>": was skipped). A part the notebook did not
+    record counts as run, so its bars are checked (and its part test fails)."""
+    for needed in parts_needed:
+        if needed.startswith(WITHOUT):
+            if parts.get(needed.removeprefix(WITHOUT), {}).get("ran", True):
+                return False
+        elif not parts.get(needed, {}).get("ran", True):
+            return False
+    return True
+
+
+@by_stem(NOTEBOOKS)
+@pytest.mark.notebook
+@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)
+def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
+    run = run_once(notebook)
+    result, left = run.result, run.left
+    assert result.ok, f"{notebook.name} failed at {result.error}; the executed copy is {run.executed}" + (
         f"; it also left processes running: {left}" if left else "")
     assert not left, f"{notebook.name} left processes running: {left}"
 
-    nb = nbformat.read(executed, as_version=4)
+    nb = nbformat.read(run.executed, as_version=4)
     skipped = [i for i, c in enumerate(nb.cells) if c.cell_type == "code" and c.source.strip() and c.execution_count is None]
     assert not skipped, f"code cells {skipped} did not run"
 
-    recorded = report.load(notebook.stem)
-    assert recorded["started_at"] >= started, "the metrics file is left over from an earlier run: the notebook recorded nothing"
+    recorded = run.recorded()
     assert recorded["smoke"] is True
-    failures = []
-    for name, (op, bound, *needs) in EXPECTATIONS[notebook.stem].items():
-        if needs and not available(needs[0]):  # a part this machine lacks (the notebook skips it and says so)
+    parts = recorded["parts"]
+    failures = [f"part {part!r} is recorded but not in notebook_expectations.PARTS" for part in parts
+                if part not in PARTS.get(notebook.stem, {})]
+    for name, (op, bound, *parts_needed) in EXPECTATIONS[notebook.stem].items():
+        if not bar_applies(parts_needed, parts):  # a part this machine lacks: test_notebook_part_ran reports it
             continue
         value = recorded["metrics"].get(name)
         if value is None:
@@ -77,14 +126,88 @@ def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
     assert not failures, "; ".join(failures)
 
 
+PART_CASES = [(stem, part) for stem, parts in PARTS.items() for part in parts]
 
-def available(need: str) -> bool:
-    """"browser": what chapter 09 checks (Playwright, a Chromium, ONNX Runtime Web); else a program on the PATH."""
-    if need == "browser":
-        from helpers import browser
 
-        return browser.missing() is None
-    return shutil.which(need) is not None
+@pytest.mark.notebook
+@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)  # only when run alone: it then executes the notebook
+@pytest.mark.parametrize(("stem", "part"), PART_CASES, ids=[f"{stem}-{part.replace(' ', '_')}" for stem, part in PART_CASES])
+def test_notebook_part_ran(stem, part):
+    notebook = next((n for n in NOTEBOOKS if n.stem == stem), None)
+    assert notebook is not None, f"notebook_expectations.PARTS names {stem}, which is not in {paths.NOTEBOOKS}"
+    run = run_once(notebook)
+    try:
+        recorded = run.recorded()["parts"].get(part)
+    except (FileNotFoundError, AssertionError) as error:
+        pytest.fail(f"{stem} did not record its parts ({error}); its notebook test says why")
+    if recorded is None:
+        pytest.fail(f"{stem} did not record whether {part!r} ran" + (
+            f": it failed first, at {run.result.error}" if not run.result.ok else
+            f": call run_report.part({part!r}, runs=..., because=...) where the notebook decides"))
+    if not recorded["ran"]:
+        needs = " and ".join(PARTS[stem][part])
+        pytest.skip(f"{stem}: {part} skipped (needs {needs}): {recorded['because']}")
+    assert run.result.ok, f"{stem} recorded that {part!r} runs, then failed at {run.result.error}"
+
+
+def test_the_bars_and_optional_parts_follow_the_conventions():
+    for stem, bars in EXPECTATIONS.items():
+        for name, (_op, _bound, *parts_needed) in bars.items():
+            unknown = [p for p in parts_needed if p.removeprefix(WITHOUT) not in PARTS.get(stem, {})]
+            assert not unknown, f"{stem}'s bar {name} names {unknown}, not a part in notebook_expectations.PARTS[{stem!r}]"
+    from conftest import TOOLS
+
+    for stem, parts in PARTS.items():
+        for part, tools in parts.items():
+            assert tools and set(tools) <= set(TOOLS), f"{stem}: {part} needs {tools}; the programs are {list(TOOLS)}"
+
+
+SKIPPING_TESTS = """
+import pytest
+
+@pytest.mark.skipif(True, reason="wrk is not installed (apt-get install wrk)")
+def test_marked_for_a_program():
+    pass
+
+def test_part_of_a_notebook():
+    pytest.skip("06_serving: load tests skipped (needs wrk): wrk is not installed")
+
+def test_for_something_else():
+    pytest.skip("no Python 3.12 here; a two-node cluster is not this machine; web/node_modules aside")
+"""
+
+
+def run_the_skipping_tests(pytester, monkeypatch, require: str | None):
+    pytester.makeconftest((paths.ROOT / "tests" / "conftest.py").read_text())
+    pytester.makepyfile(test_skipping=SKIPPING_TESTS)
+    if require is None:
+        monkeypatch.delenv("COURSE_REQUIRE", raising=False)
+    else:
+        monkeypatch.setenv("COURSE_REQUIRE", require)
+    return pytester.runpytest_subprocess("-ra", "-p", "no:cacheprovider")
+
+
+@pytest.mark.integration  # a pytest session in a subprocess
+def test_without_course_require_a_missing_program_is_a_skip_with_its_reason(pytester, monkeypatch):
+    result = run_the_skipping_tests(pytester, monkeypatch, None)
+    result.assert_outcomes(skipped=3)
+    result.stdout.fnmatch_lines(["*SKIPPED*wrk is not installed (apt-get install wrk)*"])
+
+
+@pytest.mark.integration  # a pytest session in a subprocess
+def test_a_skip_for_want_of_a_required_program_fails_naming_it_and_its_fix(pytester, monkeypatch):
+    result = run_the_skipping_tests(pytester, monkeypatch, "wrk,chromium")
+    outcomes = result.parseoutcomes()
+    assert outcomes.get("skipped") == 1 and outcomes.get("failed", 0) + outcomes.get("errors", outcomes.get("error", 0)) == 2, outcomes
+    result.stdout.fnmatch_lines(["*COURSE_REQUIRE: wrk, chromium*", "*wrk required here (COURSE_REQUIRE), but the test was skipped*", "*Fix (wrk): *apt-get install wrk*"])
+    assert run_the_skipping_tests(pytester, monkeypatch, "all").parseoutcomes().get("skipped") == 1  # names no program
+
+
+@pytest.mark.integration  # a pytest session in a subprocess
+def test_a_misspelt_requirement_stops_the_run(pytester, monkeypatch):
+    result = run_the_skipping_tests(pytester, monkeypatch, "wrk,chromum")
+    assert result.ret != 0
+    result.stderr.fnmatch_lines(["*COURSE_REQUIRE names*chromum*the programs it can require are*"])
 
 
 # What a notebook may start and must stop: servers, Prometheus, torchrun and its workers, Ray and HAProxy, Chromium.

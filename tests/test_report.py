@@ -32,3 +32,23 @@ def test_non_finite_values_are_refused(bad):
 def test_loading_a_notebook_that_recorded_nothing_says_so():
     with pytest.raises(FileNotFoundError, match="recorded no metrics"):
         report.load("98_never_ran")
+
+
+def test_an_optional_part_records_whether_it_ran_and_why_not(capsys):
+    r = report.start("99_example", smoke=True)
+    assert r.part("load tests", runs=True, because="wrk is not installed") is True
+    assert r.part("browser", runs=False, because="no Chromium found (apt-get install chromium)") is False
+    assert report.load("99_example")["parts"] == {
+        "load tests": {"ran": True}, "browser": {"ran": False, "because": "no Chromium found (apt-get install chromium)"}}
+    assert "browser: SKIPPED because no Chromium found (apt-get install chromium)" in capsys.readouterr().out  # says so
+
+
+def test_a_skipped_part_must_say_why():
+    with pytest.raises(ValueError, match="say why"):
+        report.start("99_example", smoke=True).part("browser", runs=False, because=None)
+
+
+def test_a_file_from_before_parts_were_recorded_loads_with_none(tmp_path):
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics" / "97_old.json").write_text(json.dumps({"notebook": "97_old", "smoke": True, "metrics": {}}))
+    assert report.load("97_old")["parts"] == {}

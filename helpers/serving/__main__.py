@@ -23,13 +23,17 @@ def parse_args(argv=None):
     parser.add_argument("--api-key-file", type=Path, help=f"file holding the API key (or set {API_KEY_ENV})")
     parser.add_argument("--batching", action="store_true",
                         help="gather concurrent requests into one runtime call (without it, each request runs the model at "
-                             "once, on the event loop: right for a model that answers in microseconds, wrong for a slow one)")
+                             "once: inline on the event loop if a call takes under --inline-below-us, else in a thread pool)")
     parser.add_argument("--batch-max-size", type=int, default=defaults.batch_max_size, help="rows per runtime call")
     parser.add_argument("--batch-max-delay-ms", type=float, default=defaults.batch_max_delay_ms,
                         help="longest wait for a batch to fill")
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size, help="instances per request")
     parser.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
+    parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
+                        help="requests waiting per model version; beyond it, 503 with Retry-After (0: no limit)")
+    parser.add_argument("--inline-below-us", type=float, default=defaults.inline_below_us,
+                        help="without batching, run a model on the event loop if a one-row call takes less than this")
     parser.add_argument("--poll-interval-s", type=float, default=defaults.poll_interval_s, help="repository scan interval")
     parser.add_argument("--drift-window", type=int, default=defaults.drift_window,
                         help="outputs per drift test, for versions shipping a drift reference (0: off)")
@@ -77,7 +81,8 @@ def main(argv=None) -> int:
                         max_batch_size=args.max_batch_size, request_timeout_s=args.request_timeout_s, batching=args.batching,
                         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms,
                         poll_interval_s=args.poll_interval_s, drift_window=args.drift_window,
-                        drift_alpha=args.drift_alpha, demo=args.demo)
+                        drift_alpha=args.drift_alpha, demo=args.demo, max_queue=args.max_queue,
+                        inline_below_us=args.inline_below_us)
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", limit_concurrency=args.max_connections)
     return 0

@@ -12,7 +12,10 @@ module per protocol, each a `routes(server)` list:
     http               what they share: JSON answers, name and version checks, `route` and `counted`
 
 Every inference goes through `Server.infer` and every counted answer through `Server.respond`, so limits, errors and
-metrics are handled in one place. How a request finds its route: see `FastPath`.
+metrics are handled in one place. How a request finds its route: see `FastPath`. How it reaches its model: each loaded
+version gets a caller on its first request (batching.DynamicBatcher with --batching, else batching.DirectCalls, which
+runs a fast model inline on the event loop and a slow one in the server's thread pool); a version's queue is bounded,
+and a request beyond it is shed at once with 503 and Retry-After (`RetryLater`).
 """
 
 from __future__ import annotations
@@ -20,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
+import os
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,7 +39,7 @@ from starlette.responses import Response
 from starlette.routing import Match, Route
 
 from helpers.serving import demo, routes_ops, routes_repository, routes_tfserving, routes_v2
-from helpers.serving.batching import DynamicBatcher
+from helpers.serving.batching import BatcherClosed, DirectCalls, DynamicBatcher, QueueFull
 from helpers.serving.drift import DriftMonitor, drift_score
 from helpers.serving.http import SERVER_VERSION, FastRoute, check_model_name, json_response
 from helpers.serving.http import parse_version as parse_version  # importable from here, as before the split
@@ -51,7 +56,10 @@ class Settings:
     api_key: str | None = None
     max_body_bytes: int = 4 * 1024 * 1024  # a 5 MB request is refused with 413
     max_batch_size: int = 256  # instances per request
-    request_timeout_s: float = 10.0  # for a request waiting in a batch queue (an unbatched call starts at once)
+    request_timeout_s: float = 10.0  # for a request waiting for its model: in a batch queue or the thread pool
+    max_queue: int = 256  # requests waiting per model version (in its batch queue, or unbatched calls in the thread
+    # pool); one more is answered 503 with Retry-After at once (0: no limit)
+    inline_below_us: float = 100.0  # without batching, a model whose one-row call is faster runs on the event loop
     batching: bool = False
     batch_max_size: int = 32  # rows per runtime call when batching
     batch_max_delay_ms: float = 2.0
@@ -72,6 +80,17 @@ def create_app(settings: Settings) -> FastPath:
                   routes=[r for r in table if not isinstance(r, FastRoute)])
     app.state.server = server  # for whoever holds the app only (tests, demo.add_routes); routes are given it
     return FastPath(app, [r for r in table if isinstance(r, FastRoute)])
+
+
+class RetryLater(RequestError):
+    """503 with Retry-After: the request was not run (its version's queue was full, or the version closing) and a retry
+    can succeed. RETRY_AFTER_S is a hint for well-behaved clients; the queue drains in far less under normal load."""
+
+    RETRY_AFTER_S = 1
+
+    def __init__(self, message: str):
+        super().__init__(503, message)
+        self.headers = {"Retry-After": str(self.RETRY_AFTER_S)}
 
 
 async def http_error(request: Request, error: StarletteHTTPException) -> Response:
@@ -102,26 +121,41 @@ class FastPath:
 
 
 class Server:
-    """The state behind the routes: repository, batchers, drift monitors, metrics, settings."""
+    """The state behind the routes: repository, callers (batchers or direct), drift monitors, metrics, settings."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = ServerMetrics()
         self.repository = ModelRepository(settings.repository, on_load=self.count_load)
-        self.batchers: dict[int, tuple] = {}  # id(version state) -> (state, its batcher); the state is kept so its id stays unique
+        # id(version state) -> (state, its DynamicBatcher or DirectCalls); the state is kept so its id stays unique
+        self.callers: dict[int, tuple] = {}
         self.drift_monitors: dict[int, tuple] = {}  # id(version state) -> (state, its DriftMonitor), likewise
+        # unbatched calls of slow models, one thread per core (a call is CPU work: more threads would only wait); its
+        # own pool, so that inferences never hold up a load's scan (the default pool)
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="inference")
+        self.closing: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks: these are the strong ones
         self.stop = threading.Event()
 
     @asynccontextmanager
     async def lifespan(self, app):
         """Start-up: the first scan (in a thread: loading warms models up), then a thread that rescans every
-        poll_interval_s. Shutdown: stop it and close the batchers."""
+        poll_interval_s, and a task that closes the callers of versions gone. Shutdown: stop both, close the callers
+        (a batcher answers what it holds first)."""
         await asyncio.get_running_loop().run_in_executor(None, self.repository.scan)
         self.repository.watch(self.settings.poll_interval_s, self.stop)
+        sweeper = asyncio.get_running_loop().create_task(self.sweep())
         yield
         self.stop.set()
-        for _, batcher in self.batchers.values():
-            await batcher.close()
+        sweeper.cancel()
+        await asyncio.gather(*(caller.close() for _, caller in self.callers.values()), *self.closing)
+        self.pool.shutdown(wait=False, cancel_futures=True)
+
+    async def sweep(self) -> None:
+        """Close the callers of versions unloaded, replaced or deleted, within a poll interval: otherwise a batcher
+        (and its thread) would live on until another version's first request."""
+        while True:
+            await asyncio.sleep(self.settings.poll_interval_s)
+            self.close_unloaded()
 
     def count_load(self, model: str, version: int, ok: bool) -> None:
         self.metrics.model_loads.labels(model, str(version), "success" if ok else "failure").inc()
@@ -132,7 +166,19 @@ class Server:
         for model, versions in dict(self.repository.models).items():
             self.metrics.versions_available.labels(model).set(sum(s.state == "AVAILABLE" for s in versions.values()))
             # a gauge, not an increase() of model_loads_total: a counter series born at 1 shows no increase
-            self.metrics.versions_failed.labels(model).set(sum(s.state == "UNAVAILABLE" for s in versions.values()))
+            self.metrics.versions_failed.labels(model).set(sum(s.failed for s in versions.values()))
+        self.refresh_plan_gauges()
+
+    def refresh_plan_gauges(self) -> None:
+        """Where each loaded version's unbatched calls run, and the timed call that decided it."""
+        self.metrics.runs_inline.clear()
+        self.metrics.call_seconds.clear()
+        for model, versions in dict(self.repository.models).items():
+            for state in versions.values():
+                caller = self.callers.get(id(state), (None, None))[1]
+                if isinstance(caller, DirectCalls) and caller.inline is not None:
+                    self.metrics.runs_inline.labels(model, str(state.version)).set(float(caller.inline))
+                    self.metrics.call_seconds.labels(model, str(state.version)).set(caller.call_s)
 
     # ------------------------------------------------------------------ checks shared by the routes
 
@@ -172,21 +218,19 @@ class Server:
 
     async def infer(self, model: str, state, x: np.ndarray) -> np.ndarray:
         """The model's outputs for `x` (validated by the protocol's parser), batched with other requests if enabled,
-        within the request timeout; timed, and watched for drift."""
+        within the request timeout; timed, and watched for drift. Refused at once (503, Retry-After) when the
+        version's queue is full or it was closed before the request could run."""
         started = time.perf_counter()
         try:
-            if self.settings.batching:
-                batcher = self.batcher(model, state)
-                self.metrics.child(self.metrics.queue_depth, model).set(batcher.depth())
-                async with asyncio.timeout(self.settings.request_timeout_s):
-                    y = await batcher.submit(x)
-            else:
-                # Unbatched calls run right here, on the event loop: for a model that answers in tens of microseconds,
-                # handing the call to a worker thread costs more than the call (measured). A slow model should batch.
-                self.metrics.child(self.metrics.batch_size, model).observe(len(x))
-                y = state.backend.predict(x)
+            y = await self.call(model, state, x)
         except TimeoutError:
             raise RequestError(504, f"inference took longer than {self.settings.request_timeout_s} s") from None
+        except QueueFull as error:
+            self.metrics.child(self.metrics.shed, model).inc()
+            raise RetryLater(f"model '{model}' version {state.version} is overloaded ({error}); retry later") from None
+        except BatcherClosed:
+            raise RetryLater(f"model '{model}' version {state.version} was replaced or unloaded before this request "
+                             "could run; retry") from None
         except Exception as error:  # inputs were validated before, so this is the server's failure: 500, logged, keep serving
             log.exception("inference failed for model %s version %d", model, state.version)
             raise RequestError(500, f"inference failed: {type(error).__name__}: {str(error)[:300]}") from None
@@ -196,20 +240,61 @@ class Server:
             self.watch_drift(model, state, y)
         return y
 
-    def batcher(self, model: str, state) -> DynamicBatcher:
-        """The batcher of this loaded version. A version reloaded under the same number is a new state with a new
-        backend, so batchers belong to states; those of states no longer loaded are closed here."""
-        if id(state) not in self.batchers:
-            for stale in self.forget_unloaded(self.batchers):
-                asyncio.get_running_loop().create_task(stale.close())
+    async def call(self, model: str, state, x: np.ndarray) -> np.ndarray:
+        """Run the model through this version's caller; anything that waits does so within the request timeout."""
+        caller = self.caller(model, state)
+        if caller is None:  # swapped out since its lookup: its own backend answers it, once, in the pool
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                return await asyncio.get_running_loop().run_in_executor(self.pool, state.backend.predict, x)
+        if self.settings.batching:
+            self.metrics.child(self.metrics.queue_depth, model).set(caller.depth())
+        if caller.inline:  # tens of microseconds and no suspension: a timer would cost more than it could catch
+            y = caller.predict(x)
+        else:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                y = await caller.submit(x)
+        if not self.settings.batching:  # a batcher counts its own calls (on_batch), each carrying several requests
+            self.metrics.child(self.metrics.batch_size, model).observe(len(x))
+        return y
+
+    def caller(self, model: str, state) -> DynamicBatcher | DirectCalls | None:
+        """The caller of this loaded version, made on its first request. A version reloaded under the same number is a
+        new state with a new backend, so callers belong to states; those of states no longer loaded are closed here
+        and by `sweep`. None for a state that is no longer the repository's (swapped out between the request's lookup
+        and now): a caller made for it would never be closed."""
+        entry = self.callers.get(id(state))
+        if entry is not None:
+            return entry[1]
+        if self.repository.models.get(model, {}).get(state.version) is not state:
+            return None
+        self.close_unloaded()
+        self.callers[id(state)] = (state, self.new_caller(model, state))
+        return self.callers[id(state)][1]
+
+    def new_caller(self, model: str, state) -> DynamicBatcher | DirectCalls:
+        settings, backend = self.settings, state.backend
+        if settings.batching:
             histogram = self.metrics.child(self.metrics.batch_size, model)
-            self.batchers[id(state)] = (state, DynamicBatcher(state.backend.predict, self.settings.batch_max_size,
-                                                              self.settings.batch_max_delay_ms, on_batch=histogram.observe))
-        return self.batchers[id(state)][1]
+            return DynamicBatcher(backend.predict, settings.batch_max_size, settings.batch_max_delay_ms,
+                                  on_batch=histogram.observe, max_queue=settings.max_queue)
+
+        def planned(inline: bool, seconds: float) -> None:  # once per version; chapter 06 reads the line and the gauges
+            log.info("model %s version %d: a one-row call takes %.0f µs, so its unbatched calls run %s", model,
+                     state.version, seconds * 1e6, "inline on the event loop" if inline else "in the thread pool")
+
+        example = np.zeros((1, *backend.input.shape[1:]), np.float32)  # the warm-up input
+        return DirectCalls(backend.predict, example, self.pool, settings.max_queue, settings.inline_below_us / 1e6,
+                           on_plan=planned)
+
+    def close_unloaded(self) -> None:
+        for stale in self.forget_unloaded(self.callers):
+            task = asyncio.get_running_loop().create_task(stale.close())
+            self.closing.add(task)
+            task.add_done_callback(self.closing.discard)
 
     def forget_unloaded(self, cache: dict) -> list:
         """Drop and return the entries of a per-version-state `cache` (id(state) -> (state, thing)) whose state is no
-        longer loaded: batchers and drift monitors belong to a loaded version, not to a version number."""
+        longer loaded: callers and drift monitors belong to a loaded version, not to a version number."""
         live = {id(s) for versions in dict(self.repository.models).values() for s in versions.values()}
         return [cache.pop(key)[1] for key in [k for k in cache if k not in live]]
 
@@ -253,8 +338,8 @@ class Server:
         try:
             response = await handler(self, request, labels)
         except RequestError as error:
-            response = json_response({"error": error.message}, error.status,
-                                     headers={"WWW-Authenticate": "Bearer"} if error.status == 401 else None)
+            headers = {"WWW-Authenticate": "Bearer"} if error.status == 401 else getattr(error, "headers", None)
+            response = json_response({"error": error.message}, error.status, headers=headers)
         except ClientDisconnect:  # the client left mid-upload: nobody reads this answer, and it is not a server bug
             response = json_response({"error": "client disconnected before sending the whole request"}, 400)
         except Exception as error:  # a bug must still answer, as JSON, and be logged

@@ -1,4 +1,8 @@
-"""The server's Prometheus metrics (served at /metrics; chapter 07 scrapes them). Each server has its own registry."""
+"""The server's Prometheus metrics (served at /metrics; chapter 07 scrapes them). Each server has its own registry.
+
+Besides requests, latencies and model loads: how a version's calls are run (inference_runs_inline and the timed call
+that decided it, inference_call_seconds; chapter 06) and the requests shed when a version's queue is full
+(inference_shed_total: each was answered 503 with Retry-After)."""
 
 from __future__ import annotations
 
@@ -20,6 +24,13 @@ class ServerMetrics:
         self.batch_size = Histogram("inference_batch_size", "Rows per runtime call", ["model"],
                                     buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=self.registry)
         self.queue_depth = Gauge("inference_queue_depth", "Requests waiting for a batch", ["model"], registry=self.registry)
+        self.shed = Counter("inference_shed_total", "Requests refused with 503 + Retry-After because their version's queue "
+                            "(or its unbatched calls in the thread pool) was full, by model", ["model"], registry=self.registry)
+        self.runs_inline = Gauge("inference_runs_inline", "1: the version's unbatched calls run inline on the event loop, "
+                                 "0: in the thread pool (decided by inference_call_seconds)", ["model", "version"],
+                                 registry=self.registry)
+        self.call_seconds = Gauge("inference_call_seconds", "A one-row call's duration, timed at the version's first "
+                                  "unbatched request", ["model", "version"], registry=self.registry)
         self.model_loads = Counter("model_loads_total", "Model version loads, by result", ["model", "version", "result"],
                                    registry=self.registry)
         self.drift_score = Gauge("model_drift_score", "-log10 p-value of the drift test on the last window of outputs "
@@ -34,7 +45,8 @@ class ServerMetrics:
                                        "estimate of accuracy before labels arrive", ["model"], registry=self.registry)
         self.versions_available = Gauge("model_versions_available", "Versions able to answer, by model", ["model"],
                                         registry=self.registry)
-        self.versions_failed = Gauge("model_versions_failed", "Versions in the repository that failed to load, by model",
+        self.versions_failed = Gauge("model_versions_failed", "Versions whose files failed to load (refused, or refused "
+                                     "on reload while the copy loaded before keeps serving), by model",
                                      ["model"], registry=self.registry)
 
     def child(self, metric, *labels):

@@ -1,9 +1,18 @@
 """A model repository in the TF Serving layout, watched for new versions: `<root>/<model>/<version>/`.
 
 Every numbered version folder is verified (sha256 manifest), loaded into its backend and warmed up before it can answer
-a request; only then is it swapped in, under a lock, so requests in flight keep the version they started with. A
-version that fails is recorded with its error (the status endpoints report it) and the previous ones keep serving; it
-is retried when its files change. The latest available version answers requests that name none.
+a request; only then is it swapped in, so requests in flight keep the version they started with. A new version that
+fails is recorded with its error (the status endpoints report it) and the previous ones keep serving; it is retried
+when its files change. The latest available version answers requests that name none.
+
+A version that already serves keeps serving when its files change and the new ones fail (republished under the same
+number, or corrupted in place), as in TF Serving and Triton: the verified copy in memory answers, the version's status
+error says what is wrong on disk, the failure is logged and counted (`on_load(model, version, False)`), and the files
+are tried again only when they change again. A version missing from disk is unloaded only once it has stayed missing
+for `missing_grace_s` (see MISSING_GRACE_S: replacing a folder takes two renames).
+
+Threads: the watcher scans in its own thread, the admin routes call `load` and `unload` from worker threads, requests
+read on the event loop. See ModelRepository for the two locks.
 """
 
 from __future__ import annotations
@@ -22,6 +31,15 @@ NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # no path separators, 
 VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits only ("²".isdigit() is True), and small enough for an int64
 log = logging.getLogger("helpers.serving")
 
+# Why the watcher tolerates a missing version instead of publish() swapping folders atomically: POSIX cannot replace a
+# non-empty folder in one step (Linux's renameat2(RENAME_EXCHANGE) and macOS's renamex_np(RENAME_SWAP) differ and are
+# not in Python; a symlink per version would change the layout every other tool reads), anyone replacing a version by
+# hand (`mv 1 1.old && mv new 1`) or with another tool leaves the same gap, and a directory listing taken while an
+# entry is renamed may miss it (POSIX leaves readdir's answer unspecified then). So "missing" is a claim to confirm: a
+# version is unloaded on the first scan at least this long after the first scan that missed it. The price: a deleted
+# version stops serving about one poll later.
+MISSING_GRACE_S = 1.0
+
 
 class ModelNotFound(LookupError):
     pass
@@ -35,10 +53,20 @@ class VersionNotReady(LookupError):
 class VersionState:
     version: int
     state: str  # "AVAILABLE", "UNAVAILABLE" (failed to load), "END" (unloaded)
-    error: str = ""
+    error: str = ""  # why it is UNAVAILABLE; for an AVAILABLE one, why its files on disk are not what it serves
     backend: Backend | None = None
-    fingerprint: tuple = ()
+    fingerprint: tuple = ()  # of the files this state was loaded from (or refused)
     loaded_at: float = field(default_factory=time.time)
+    refused: tuple = ()  # of the files that failed to replace this serving copy: not retried until they change
+
+    @property
+    def failed(self) -> bool:
+        """Its files failed to load: it is UNAVAILABLE, or it serves a copy loaded before they changed (`refused`)."""
+        return self.state == "UNAVAILABLE" or bool(self.refused)
+
+    def last_seen(self) -> tuple:
+        """The fingerprint of the files last tried for this version: a scan tries them again only if they differ."""
+        return self.refused or self.fingerprint
 
 
 def valid_name(name: str) -> bool:
@@ -52,22 +80,38 @@ def fingerprint(directory: Path) -> tuple:
 
 
 class ModelRepository:
-    def __init__(self, root: Path, on_load=None):
+    """The versions being served: `models[model][version]` is a VersionState.
+
+    `lock` guards `models` and `unloaded`: every change to them is made under it, held for a dictionary swap only, never
+    during a load. They are never changed in place: a change builds a new dictionary (or frozenset) and assigns it, so
+    a reader takes `self.models` once (or `snapshot()`), without the lock, and has a consistent view (one attribute
+    read is atomic). The one field changed in place is a serving state's report about its files (`error`, `refused`):
+    the copy that answers stays the same, so whatever is keyed by the state (batchers, drift monitors) carries on.
+
+    `scan_lock` makes the loads take turns (the watcher's scan of a model, an operator's `load`); it can be held for
+    seconds. `unload` never takes it: it swaps the model out at once, and a scan that was loading the model drops what
+    it loaded (`commit`).
+    """
+
+    def __init__(self, root: Path, on_load=None, missing_grace_s: float = MISSING_GRACE_S):
         self.root = Path(root)
         self.models: dict[str, dict[int, VersionState]] = {}
-        self.unloaded: set[str] = set()
-        self.lock = threading.Lock()  # guards `models` for readers: held for a dictionary swap, never during a load
-        self.scan_lock = threading.Lock()  # one scan, load or unload at a time (the watch thread and the admin routes)
+        self.unloaded: frozenset[str] = frozenset()  # unloaded by an operator: the watcher leaves them alone
+        self.lock = threading.Lock()
+        self.scan_lock = threading.Lock()
         self.on_load = on_load or (lambda model, version, ok: None)  # metrics hook
+        self.missing_grace_s = missing_grace_s
+        self.missing_since: dict[str, dict[int, float]] = {}  # model -> version -> when a scan first missed it (scan_lock)
 
     # ------------------------------------------------------------------ scanning and loading
 
     def scan(self) -> None:
         """Load new or changed versions, retry failed ones whose files changed, drop versions (and models) whose folder
-        is gone. A problem with one model is logged and does not stop the others."""
+        is gone. A problem with one model is logged and does not stop the others. `scan_lock` is taken per model, so an
+        operator's load waits for one model's scan, not for all of them."""
         on_disk = {p.name for p in self.root.iterdir() if p.is_dir() and valid_name(p.name)} if self.root.is_dir() else set()
-        with self.scan_lock:
-            for model in sorted(on_disk | set(self.models)):
+        for model in sorted(on_disk | set(self.models)):
+            with self.scan_lock:
                 if model in self.unloaded:
                     continue
                 try:
@@ -76,32 +120,50 @@ class ModelRepository:
                     log.exception("scanning model %s failed; the versions already loaded keep serving", model)
 
     def scan_model(self, model: str) -> None:
-        """(Re)load one model's versions; call with `scan_lock` held."""
-        model_dir = self.root / model
-        on_disk = {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and VERSION.fullmatch(p.name)} if model_dir.is_dir() else {}
+        """(Re)load one model's versions and swap the result in; call with `scan_lock` held."""
+        on_disk = self.versions_on_disk(model)
         known = dict(self.models.get(model, {}))
         for version, directory in sorted(on_disk.items()):
-            try:
-                marks = fingerprint(directory)
-            except FileNotFoundError:  # a file vanished while we looked (a version being replaced): next scan
-                continue
-            current = known.get(version)
-            if current is not None and current.fingerprint == marks:
-                continue
-            known[version] = self.load_version(model, version, directory, marks)
-        for version in set(known) - set(on_disk):
-            known.pop(version)
-            log.info("model %s version %d: folder removed, unloaded", model, version)
-        with self.lock:
-            if known:
-                self.models[model] = known
-            elif self.models.pop(model, None) is not None:
-                log.info("model %s: folder removed, unloaded", model)
+            if model in self.unloaded:  # unloaded meanwhile: loading its other versions would be wasted
+                return
+            self.refresh(model, version, directory, known)
+        self.drop_missing(model, known, on_disk)
+        self.commit(model, known)
 
-    def load_version(self, model: str, version: int, directory: Path, marks: tuple) -> VersionState:
+    def versions_on_disk(self, model: str) -> dict[int, Path]:
+        model_dir = self.root / model
+        try:
+            return {int(p.name): p for p in model_dir.iterdir() if p.is_dir() and VERSION.fullmatch(p.name)}
+        except (FileNotFoundError, NotADirectoryError):  # removed (or replaced) while we looked
+            return {}
+
+    def refresh(self, model: str, version: int, directory: Path, known: dict[int, VersionState]) -> None:
+        """Load `version` into `known` if its files are new or changed since they were last tried. A serving version
+        whose new files fail keeps its copy in memory (keep_serving)."""
+        try:
+            marks = fingerprint(directory)
+        except FileNotFoundError:  # a file vanished while we looked (a version being replaced): next scan
+            return
+        current = known.get(version)
+        if current is not None and current.last_seen() == marks:
+            return
+        loaded = self.load_version(model, version, directory, marks)
+        if loaded is None:
+            return
+        if loaded.state == "AVAILABLE" or current is None or current.state != "AVAILABLE":
+            known[version] = loaded
+        else:
+            self.keep_serving(model, current, loaded)
+
+    def load_version(self, model: str, version: int, directory: Path, marks: tuple) -> VersionState | None:
+        """The loaded version, or an UNAVAILABLE state saying why it failed; None if its files changed while it was
+        being loaded (a copy or a replacement in progress: the next scan tries the files as they will be then)."""
         try:
             backend = load_backend(directory)
         except Exception as error:  # anything: a bad version must never take the server down
+            if changed(directory, marks):
+                log.info("model %s version %d changed while being loaded; trying again on the next scan", model, version)
+                return None
             message = f"{type(error).__name__}: {error}"
             log.error("model %s version %d refused: %s", model, version, message)
             self.on_load(model, version, False)
@@ -110,21 +172,63 @@ class ModelRepository:
         self.on_load(model, version, True)
         return VersionState(version, "AVAILABLE", backend=backend, fingerprint=marks)
 
+    def keep_serving(self, model: str, current: VersionState, failed: VersionState) -> None:
+        """The files of a serving version changed and failed to load: its verified copy in memory keeps answering (an
+        outage would be worse than the version already served), and its status says what is wrong on disk."""
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(current.loaded_at))
+        with self.lock:
+            current.error = (f"its files on disk changed and failed to load, so the copy loaded at {since} still serves: "
+                             f"{failed.error}")
+            current.refused = failed.fingerprint
+        log.error("model %s version %d: still serving the copy loaded at %s; its files are tried again when they change",
+                  model, current.version, since)
+
+    def drop_missing(self, model: str, known: dict[int, VersionState], on_disk: dict[int, Path]) -> None:
+        """Remove from `known` the versions whose folder has been missing for `missing_grace_s` (see MISSING_GRACE_S)."""
+        now, first_missed = time.monotonic(), self.missing_since.get(model, {})
+        missing = {v: first_missed.get(v, now) for v in known if v not in on_disk}
+        for version in [v for v, since in missing.items() if now - since >= self.missing_grace_s]:
+            known.pop(version)
+            missing.pop(version)
+            log.info("model %s version %d: folder removed, unloaded", model, version)
+        if missing:
+            self.missing_since[model] = missing
+        else:
+            self.missing_since.pop(model, None)
+
+    def commit(self, model: str, known: dict[int, VersionState]) -> None:
+        """Swap in a scan's result for `model` (no versions left: the model is removed), unless an operator unloaded
+        the model while it was being scanned: the latest word is theirs."""
+        with self.lock:
+            if model in self.unloaded:
+                return
+            models = dict(self.models)
+            removed = not known and models.pop(model, None) is not None
+            if known:
+                models[model] = known
+            self.models = models
+        if removed:
+            log.info("model %s: folder removed, unloaded", model)
+
     def load(self, model: str) -> None:
-        """Operators' explicit load: (re)scan one model even if it was unloaded."""
+        """Operators' explicit load: (re)scan one model even if it was unloaded. Waits for the scan of the model being
+        scanned, if any (so call it from a worker thread, not the event loop)."""
         if not valid_name(model) or not (self.root / model).is_dir():
             raise ModelNotFound(f"model '{model}' is not in the repository")
         with self.scan_lock:
-            self.unloaded.discard(model)
+            with self.lock:
+                self.unloaded = self.unloaded - {model}
             self.scan_model(model)
 
     def unload(self, model: str) -> None:
-        with self.scan_lock:
+        """Operators' explicit unload: stop serving `model` now, and leave it alone until `load`. Never waits for a scan
+        (see the class docstring)."""
+        with self.lock:
             if model not in self.models:
                 raise ModelNotFound(f"model '{model}' is not loaded")
-            self.unloaded.add(model)
-            with self.lock:
-                self.models.pop(model)
+            self.unloaded = self.unloaded | {model}
+            self.models = {m: versions for m, versions in self.models.items() if m != model}
+        log.info("model %s unloaded by an operator", model)
 
     def watch(self, interval_s: float, stop: threading.Event) -> threading.Thread:
         """Scan every `interval_s` seconds in a background thread until `stop` is set (TF Serving polls the same way)."""
@@ -139,13 +243,17 @@ class ModelRepository:
         thread.start()
         return thread
 
-    # ------------------------------------------------------------------ lookups
+    # ------------------------------------------------------------------ lookups: no lock (see the class docstring)
+
+    def snapshot(self) -> dict[str, dict[int, VersionState]]:
+        """Every loaded model's versions as they are now: a view that no later change touches. Do not modify it."""
+        return self.models
 
     def versions(self, model: str) -> dict[int, VersionState]:
-        with self.lock:
-            if model not in self.models:
-                raise ModelNotFound(f"model '{model}' is not loaded" if valid_name(model) else "invalid model name")
-            return dict(self.models[model])
+        models = self.models
+        if model not in models:
+            raise ModelNotFound(f"model '{model}' is not loaded" if valid_name(model) else "invalid model name")
+        return dict(models[model])
 
     def get(self, model: str, version: int | None = None) -> VersionState:
         """The requested version, or the latest available one; raises if it cannot answer."""
@@ -162,13 +270,22 @@ class ModelRepository:
         return versions[version]
 
     def ready(self) -> bool:
-        with self.lock:
-            return any(s.state == "AVAILABLE" for versions in self.models.values() for s in versions.values())
+        return any(s.state == "AVAILABLE" for versions in self.models.values() for s in versions.values())
+
+
+def changed(directory: Path, marks: tuple) -> bool:
+    """Whether a folder's files are no longer those fingerprinted as `marks` (or the folder is gone)."""
+    try:
+        return not directory.is_dir() or fingerprint(directory) != marks
+    except FileNotFoundError:
+        return True
 
 
 def publish(source: Path, root: Path, model: str, version: int) -> Path:
     """Copy an export folder into the repository as `<root>/<model>/<version>/`: under a hidden name first, then one
-    rename, so a watching server never sees half a version (TF Serving asks the same of whoever deploys)."""
+    rename, so a watching server never sees half a version (TF Serving asks the same of whoever deploys). Replacing a
+    version takes two renames, with the version missing for a moment between them: the watcher waits before believing
+    a version is gone (MISSING_GRACE_S)."""
     if not valid_name(model):
         raise ValueError(f"invalid model name {model!r}")
     final = Path(root) / model / str(version)

@@ -5,7 +5,8 @@ triton-inference-server/server (listed as `model_repository` in GET /v2's extens
     POST /v2/repository/index                          every version: name, version, state (READY, ...), reason
     POST /v2/repository/models/<m>/load | /unload      (re)scan the model's folder and serve it, or stop serving it
 
-Behind the API key like inference: unloading a model is an outage.
+Behind the API key like inference: unloading a model is an outage. None of them holds up the event loop: an unload
+answers at once even while the watcher is loading that model (it drops what it loaded), a load runs in a worker thread.
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ def routes(server: Server) -> list[Route]:
 async def index(server: Server, request: Request, labels: dict) -> Response:
     server.authorize(request)
     rows = []
-    for model, versions in sorted(dict(server.repository.models).items()):  # a copy: the watcher thread may change it
+    # on the event loop: a snapshot is read without a lock and without touching the disk, so nothing here can wait
+    for model, versions in sorted(server.repository.snapshot().items()):
         for version, state in sorted(versions.items()):
             rows.append({"name": model, "version": str(version), "state": "READY" if state.state == "AVAILABLE" else state.state,
                          "reason": state.error})
@@ -46,11 +48,12 @@ async def load_or_unload(server: Server, request: Request, labels: dict) -> Resp
     action = request.path_params["action"]
     if action not in ("load", "unload"):
         raise RequestError(404, f"no such repository action '{action}'; use load or unload")
+    # Both off the event loop, so health checks and inference answer meanwhile. A load waits for the watcher's scan of
+    # the model, if one is running, then reads, verifies and warms up its versions: seconds. An unload only swaps a
+    # dictionary, but it may drop the last reference to a backend, and freeing one (a TensorFlow graph) takes a while.
+    work = server.repository.load if action == "load" else server.repository.unload
     try:
-        if action == "load":  # a scan reads, verifies and warms up versions: off the event loop
-            await asyncio.get_running_loop().run_in_executor(None, server.repository.load, model)
-        else:
-            server.repository.unload(model)
+        await asyncio.to_thread(work, model)
     except ModelNotFound as error:
         raise RequestError(404, str(error)) from None
     return json_response({})
