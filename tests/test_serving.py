@@ -268,6 +268,31 @@ def test_the_api_key_guards_inference_but_not_health(repository):
         assert http.get("/v2/health/ready").status_code == 200 and http.get("/metrics").status_code == 200
 
 
+def test_metrics_need_the_key_when_asked_and_are_open_on_loopback_by_default(repository):
+    with running_server(repository["root"], api_key="s3cret-key", metrics_access="key") as running, \
+            httpx.Client(base_url=running.url, timeout=30) as http:
+        refused = http.get("/metrics")
+        assert refused.status_code == 401 and "API key" in refused.json()["error"] and "mnist" not in refused.text
+        assert "inference_requests_total" in http.get("/metrics", headers={"Authorization": "Bearer s3cret-key"}).text
+        assert http.get("/v2/health/ready").status_code == 200
+
+
+@pytest.mark.parametrize("host, access, key, needs_key", [
+    ("127.0.0.1", "auto", "k", False), ("0.0.0.0", "auto", "k", True), ("10.1.2.3", "auto", "k", True),
+    ("0.0.0.0", "open", "k", False), ("127.0.0.1", "key", "k", True), ("127.0.0.1", "auto", None, False)])
+def test_who_may_read_the_metrics(host, access, key, needs_key):
+    from helpers.serving.__main__ import metrics_need_key, parse_args
+
+    args = parse_args(["--repository", ".", "--host", host, "--metrics-access", access])
+    assert metrics_need_key(args, key) is needs_key
+
+
+def test_metrics_behind_a_key_need_a_key(repository, capsys, monkeypatch):
+    monkeypatch.delenv("COURSE_SERVING_API_KEY", raising=False)
+    assert server_main(["--repository", str(repository["root"]), "--metrics-access", "key"]) == 2
+    assert "needs an API key" in capsys.readouterr().err
+
+
 def test_the_server_refuses_a_public_address_without_a_key(repository, capsys, monkeypatch):
     monkeypatch.delenv("COURSE_SERVING_API_KEY", raising=False)
     assert server_main(["--repository", str(repository["root"]), "--host", "0.0.0.0"]) == 2

@@ -40,6 +40,9 @@ def parse_args(argv=None):
     parser.add_argument("--drift-alpha", type=float, default=defaults.drift_alpha,
                         help="flag a window as drifted when its p-value is below this")
     parser.add_argument("--demo", action="store_true", help="also serve the browser demo (web/) under /demo/")
+    parser.add_argument("--metrics-access", choices=("auto", "open", "key"), default="auto",
+                        help="who may read /metrics: open, or only with the API key (auto: open when bound to loopback, "
+                             "else the key)")
     parser.add_argument("--max-connections", type=int, default=1000, help="beyond this many, new connections get 503")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -62,6 +65,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+def metrics_need_key(args, key: str | None) -> bool:
+    """Open on loopback (only this machine can scrape it), behind the key when the server is reachable from the network:
+    metrics name every model and version, which the model routes show only to a caller with the key."""
+    if args.metrics_access == "auto":
+        return key is not None and not is_loopback(args.host)
+    return args.metrics_access == "key"
+
+
 def main(argv=None) -> int:
     import uvicorn
 
@@ -73,6 +84,9 @@ def main(argv=None) -> int:
         print(f"refusing to bind {args.host} without an API key: anyone on the network could use the model. "
               f"Pass --api-key-file or set {API_KEY_ENV}, or bind 127.0.0.1.", file=sys.stderr)
         return 2
+    if args.metrics_access == "key" and key is None:
+        print("--metrics-access key needs an API key: pass --api-key-file or set " + API_KEY_ENV, file=sys.stderr)
+        return 2
     if not args.repository.is_dir():
         print(f"no model repository at {args.repository}", file=sys.stderr)
         return 2
@@ -82,7 +96,7 @@ def main(argv=None) -> int:
                         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms,
                         poll_interval_s=args.poll_interval_s, drift_window=args.drift_window,
                         drift_alpha=args.drift_alpha, demo=args.demo, max_queue=args.max_queue,
-                        inline_below_us=args.inline_below_us)
+                        inline_below_us=args.inline_below_us, metrics_need_key=metrics_need_key(args, key))
     uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", limit_concurrency=args.max_connections)
     return 0

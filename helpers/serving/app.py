@@ -67,6 +67,8 @@ class Settings:
     drift_window: int = 50  # outputs per drift test, for versions that ship a drift reference (chapter 07)
     drift_alpha: float = 0.01  # a window is flagged as drifted when its test's p-value is below this
     demo: bool = False  # serve the browser demo under /demo/ (chapter 09)
+    metrics_need_key: bool = False  # /metrics lists every model and version: behind the API key when the server is
+    # reachable from the network (python -m helpers.serving decides: see its --metrics-access)
 
 
 def create_app(settings: Settings) -> FastPath:

@@ -29,6 +29,15 @@ class ServingClient:
         response.raise_for_status()
         return response.json()
 
+    def metrics(self, name: str) -> dict[tuple, float]:
+        """The server's samples of the metric `name` from /metrics: {(label, value) pairs: value}."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        answer = self.http.get("/metrics")
+        answer.raise_for_status()
+        return {tuple(sorted(sample.labels.items())): sample.value
+                for family in text_string_to_metric_families(answer.text) for sample in family.samples if sample.name == name}
+
     def predict(self, model: str, x: np.ndarray, version: int | None = None, columnar: bool = False) -> np.ndarray:
         """TF Serving REST :predict, row format (`instances`) or columnar (`inputs`)."""
         path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":predict"

@@ -1,19 +1,28 @@
 """Load tests with wrk (a C load generator: one client thread here does tens of thousands of requests per second, so the
 generator is not what is measured). Every run is bounded by time, against 127.0.0.1 only.
 
+`by_status` is the other load test: a Python client that records every answer's status and latency, for an overload,
+where the fast 503s and the slow 200s must be told apart (wrk reports one latency distribution for all answers).
+
 wrk is a Debian/Ubuntu (`apt-get install wrk`) and Homebrew (`brew install wrk`) package; `make setup` installs it where
 it can. `available()` says whether it is there; the notebook says what it skips without it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
 import subprocess
 import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import urlsplit
+
+import httpx
+import numpy as np
 
 from helpers.fixes import with_fix
 
@@ -74,3 +83,72 @@ def run(url: str, body: bytes, headers: dict[str, str], connections: int, second
 def sweep(label: str, url: str, body: bytes, headers: dict[str, str], concurrencies, seconds: float) -> list[dict]:
     """One `run` per concurrency level, each row labelled: the rows of the chapter's load-test table."""
     return [{"server": label, **run(url, body, headers, c, seconds)} for c in concurrencies]
+
+
+def by_status(url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float,
+              timeout_s: float = 30.0, honor_retry_after: bool = True) -> dict:
+    """`connections` clients POSTing `body` to `url` one request after another for `seconds` (a closed loop, as wrk):
+    how many answers had each status, and the latency percentiles (ms) of the accepted (200) and of the shed (503)
+    ones, with whether every 503 carried Retry-After. A client told to retry after N seconds waits them (unless
+    `honor_retry_after=False`: clients hammering the server). Runs its own event loop in a thread, so it works from a notebook
+    (whose loop is already running)."""
+    if httpx.URL(url).host not in ("127.0.0.1", "localhost"):
+        raise ValueError("load tests here only target 127.0.0.1")
+    with ThreadPoolExecutor(1) as thread:
+        answers = thread.submit(asyncio.run, closed_loop(url, body, headers, connections, seconds, timeout_s,
+                                                                honor_retry_after)).result()
+    return summarize(answers, connections, seconds)
+
+
+async def closed_loop(url, body, headers, connections, seconds, timeout_s,
+                      honor_retry_after) -> list[tuple[int, float, bool]]:
+    """(status, seconds, has Retry-After) of every answer; 0 for a request that failed without one (timeout, reset).
+    HTTP/1.1 over keep-alive connections, written out: httpx's connection pool costs more per request than this server
+    at a hundred connections, and would measure itself."""
+    target = httpx.URL(url)
+    request = (f"POST {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
+               f"Content-Length: {len(body)}\r\n" + "".join(f"{k}: {v}\r\n" for k, v in headers.items())).encode() + b"\r\n" + body
+    answers, deadline = [], time.perf_counter() + seconds
+
+    async def one_client():
+        reader, writer = await asyncio.open_connection(target.host, target.port)
+        try:
+            while time.perf_counter() < deadline:
+                started = time.perf_counter()
+                try:
+                    writer.write(request)
+                    status, retry_after = await asyncio.wait_for(read_answer(reader), timeout_s)
+                except (OSError, asyncio.IncompleteReadError, TimeoutError):
+                    answers.append((0, time.perf_counter() - started, False))
+                    return
+                answers.append((status, time.perf_counter() - started, retry_after is not None))
+                if retry_after is not None and honor_retry_after:  # a well-behaved client comes back when told to
+                    await asyncio.sleep(max(0.0, min(retry_after, deadline - time.perf_counter())))
+        finally:
+            writer.close()
+
+    await asyncio.gather(*(one_client() for _ in range(connections)))
+    return answers
+
+
+async def read_answer(reader: asyncio.StreamReader) -> tuple[int, float | None]:
+    head = (await reader.readuntil(b"\r\n\r\n")).decode("latin-1").lower().split("\r\n")
+    fields = dict(line.split(": ", 1) for line in head[1:] if ": " in line)
+    await reader.readexactly(int(fields.get("content-length", 0)))
+    retry_after = fields.get("retry-after")
+    return int(head[0].split()[1]), None if retry_after is None else float(retry_after)
+
+
+def summarize(answers: list[tuple[int, float, bool]], connections: int, seconds: float) -> dict:
+    status = np.array([a[0] for a in answers])
+    latency_ms = np.array([a[1] for a in answers]) * 1000
+
+    def percentile(mask, q):
+        return float(np.percentile(latency_ms[mask], q)) if mask.any() else float("nan")
+
+    ok, shed = status == 200, status == 503
+    return {"connections": connections, "requests": len(answers), "accepted_per_s": ok.sum() / seconds,
+            "shed_share": shed.mean() if len(answers) else float("nan"),
+            "accepted_p50_ms": percentile(ok, 50), "accepted_p99_ms": percentile(ok, 99),
+            "shed_p99_ms": percentile(shed, 99), "shed_with_retry_after": all(a[2] for a in answers if a[0] == 503),
+            "other": int((~ok & ~shed).sum())}

@@ -1,7 +1,9 @@
 """Routes for operating the server rather than for a protocol: Prometheus metrics and the two load-test floors.
 
-    GET  /metrics       Prometheus text exposition format (https://prometheus.io/docs/instrumenting/exposition_formats/),
-                        open like the health routes: scrapers send no key
+    GET  /metrics       Prometheus text exposition format (https://prometheus.io/docs/instrumenting/exposition_formats/);
+                        open on loopback, behind the API key otherwise (Settings.metrics_need_key): the metrics name
+                        every model and version, which the model routes hide from a caller without the key.
+                        Prometheus sends one with `authorization: {credentials_file: ...}` in its scrape config
     POST /empty         a floor for load tests: the key check and the body read every inference does, no parsing, no
                         model, as an ordinary FastAPI endpoint (the framework's own floor)
     POST /empty-route   the same on a fast route, like the inference routes (their floor); chapter 06 measures both
@@ -17,7 +19,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from helpers.serving.http import FastRoute, counted, route
+from helpers.serving.http import FastRoute, counted, json_response, route
+from helpers.serving.protocols import RequestError
 
 if TYPE_CHECKING:  # for the annotations only: app.py imports this module
     from helpers.serving.app import Server
@@ -30,6 +33,11 @@ def routes(server: Server) -> list[Route]:
 
 
 async def metrics(server: Server, request: Request) -> Response:
+    if server.settings.metrics_need_key:
+        try:
+            server.authorize(request)
+        except RequestError as error:
+            return json_response({"error": error.message}, error.status, headers={"WWW-Authenticate": "Bearer"})
     server.refresh_gauges()
     return Response(generate_latest(server.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
