@@ -8,6 +8,7 @@ module per protocol, each a `routes(server)` list:
     routes_tfserving   TensorFlow Serving REST: /v1/models/... status, metadata, :predict
     routes_repository  the model repository extension: /v2/repository/index, load, unload
     routes_ops         /metrics and the load-test floors /empty, /empty-route
+    openapi            /openapi.json, the OpenAPI document of every route here, and Swagger UI at /docs
     demo               the browser demo under /demo/ (with Settings(demo=True))
     http               what they share: JSON answers, name and version checks, `route` and `counted`
 
@@ -38,7 +39,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from helpers.serving import demo, routes_ops, routes_repository, routes_tfserving, routes_v2
+from helpers.serving import demo, openapi, routes_ops, routes_repository, routes_tfserving, routes_v2
 from helpers.serving.batching import BatcherClosed, DirectCalls, DynamicBatcher, QueueFull
 from helpers.serving.drift import DriftMonitor, drift_score
 from helpers.serving.http import SERVER_VERSION, FastRoute, check_model_name, json_response
@@ -76,7 +77,7 @@ def create_app(settings: Settings) -> FastPath:
     who serves it (FastRoute: FastPath; Route and FastAPI's APIRoute: the FastAPI app)."""
     server = Server(settings)
     table = [*routes_v2.routes(server), *routes_tfserving.routes(server), *routes_repository.routes(server),
-             *routes_ops.routes(server), *(demo.routes(server) if settings.demo else [])]
+             *routes_ops.routes(server), *openapi.routes(server), *(demo.routes(server) if settings.demo else [])]
     app = FastAPI(title="deploy-dl-course inference server", version=SERVER_VERSION, lifespan=server.lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None, exception_handlers={StarletteHTTPException: http_error},
                   routes=[r for r in table if not isinstance(r, FastRoute)])

@@ -1,0 +1,411 @@
+"""The server's OpenAPI 3.1 document, served at /openapi.json, and Swagger UI at /docs: every route the server answers,
+with the request and response schemas of both protocols, so that an API tool pointed at /openapi.json can exercise
+them and a learner can try each one from the browser.
+
+FastAPI writes such a document by itself only for its own endpoints (APIRoute), and this server's routes are plain
+Starlette routes (most of them fast routes that skip the framework: see app.FastPath), so the document is written here,
+by hand, as plain JSON-schema dicts. It is built from the server's settings (the body limit and batch size in the
+descriptions, the demo's routes with --demo) and from nothing in the repository: it names no model the server holds.
+
+    GET /openapi.json   this document
+    GET /docs           Swagger UI, reading /openapi.json
+
+Both are open, even when the server has an API key. TF Serving, Triton and KServe keep model metadata behind their
+authentication when it is on, and this server does too (GET /v2/models/<m>, /v1/models/<m>/metadata need the key):
+metadata tells which models exist and what they take. This document tells neither: it describes the two protocols,
+which are public specifications, plus this server's limits. And the page at /docs fetches it with a plain browser
+request, before anyone can type a key into its Authorize button; behind the key the page would show an error instead
+of the API. The operations themselves stay behind the key: the document marks them (`security`), and Swagger UI sends
+the key entered under Authorize with each of them.
+
+Offline: /openapi.json needs nothing beyond this module. The /docs page loads Swagger UI's JavaScript and CSS from a
+CDN (jsDelivr, the swagger-ui-dist npm package; FastAPI's default), because no package the course installs ships
+Swagger UI's files: without a network the page stays blank, and /openapi.json still works (read it, or open it in any
+OpenAPI tool).
+
+Where to look when the server changes: an operation is one entry of `operations()`; the shapes its bodies take are
+`SCHEMAS`; the errors it can answer are `ERRORS`, as Server.respond, Server.infer and RetryLater (app.py) produce
+them. tests/test_openapi.py checks the document against the server: every route it answers is documented, every
+documented operation is answered, and every example succeeds and matches its response schema.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import orjson
+from fastapi.openapi.docs import get_swagger_ui_html
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from helpers.serving.http import SERVER_NAME, SERVER_VERSION, route
+from helpers.serving.protocols import BINARY_HEADER, V2_DATATYPES
+from helpers.serving.repository import NAME, VERSION
+from helpers.serving.routes_v2 import EXTENSIONS
+
+if TYPE_CHECKING:  # for the annotations only: app.py imports this module
+    from helpers.serving.app import Server, Settings
+
+OPENAPI_URL, DOCS_URL = "/openapi.json", "/docs"
+
+# TF Serving's version labels: `/labels/<label>` in place of `/versions/<v>`, a name an operator points at a version
+# (stable, canary). Kept in a list of their own: which labels exist is the repository's business, and the test of the
+# document counts these paths as served only once the server answers them.
+LABEL_BASE = "/v1/models/{model}/labels/{label}"
+LABEL_PATHS = (LABEL_BASE, f"{LABEL_BASE}/metadata", f"{LABEL_BASE}:predict")
+
+
+def routes(server: Server) -> list[Route]:
+    document = orjson.dumps(build(server.settings))  # built once: it depends on the settings only
+
+    async def openapi_json(server: Server, request: Request) -> Response:
+        return Response(document, media_type="application/json")
+
+    async def docs(server: Server, request: Request) -> Response:
+        return get_swagger_ui_html(openapi_url=OPENAPI_URL, title=f"{SERVER_NAME} inference server",
+                                   swagger_favicon_url="data:,")  # no favicon: one request fewer to another site
+
+    return [route(server, "GET", OPENAPI_URL, openapi_json), route(server, "GET", DOCS_URL, docs)]
+
+
+# --------------------------------------------------------------------------- JSON schemas: building blocks
+
+
+def ref(name: str) -> dict:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def obj(properties: dict, required=(), description: str | None = None, **more) -> dict:
+    schema = {"type": "object", "properties": properties, **more}
+    if required:
+        schema["required"] = list(required)
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def array(items: dict, description: str | None = None, **more) -> dict:
+    return {"type": "array", "items": items, **({"description": description} if description else {}), **more}
+
+
+STRING, NUMBER, BOOLEAN = {"type": "string"}, {"type": "number"}, {"type": "boolean"}
+NULLABLE_STRING = {"type": ["string", "null"]}
+SHAPE = array({"type": "integer", "minimum": 0}, "the tensor's dimensions, the batch first")
+
+# The course's MNIST model as chapter 06 serves it: input "images", one 28 x 28 x 1 image scaled to [0, 1]
+EXAMPLE_INPUT, EXAMPLE_SHAPE = "images", [1, 28, 28, 1]
+IMAGE = [[[0.0]] * 28] * 28  # one blank image, 28 x 28 x 1
+
+SCHEMAS = {
+    "Error": obj({"error": STRING}, ["error"], "Every error, in both protocols: what is wrong, in words."),
+    "NumberArray": array({"anyOf": [NUMBER, ref("NumberArray")]}, "JSON numbers, as a flat or nested array "
+                         "(not numbers in quotes, not true/false; NaN and infinity are not JSON)"),
+    "Empty": obj({}, maxProperties=0, description="An empty object: done."),
+    # ----- Open Inference Protocol (KServe v2)
+    "V2Live": obj({"live": BOOLEAN}, ["live"]),
+    "V2Ready": obj({"ready": BOOLEAN}, ["ready"]),
+    "V2ModelReady": obj({"name": STRING, "ready": BOOLEAN}, ["name", "ready"]),
+    "V2ServerMetadata": obj({"name": STRING, "version": STRING, "extensions": array(STRING)},
+                            ["name", "version", "extensions"]),
+    "V2TensorMetadata": obj({"name": STRING, "datatype": STRING,
+                             "shape": array({"type": "integer"}, "-1 for the batch dimension")},
+                            ["name", "datatype", "shape"]),
+    "V2ModelMetadata": obj({"name": STRING, "versions": array(STRING, "the versions available"), "platform": STRING,
+                            "inputs": array(ref("V2TensorMetadata")), "outputs": array(ref("V2TensorMetadata"))},
+                           ["name", "versions", "platform", "inputs", "outputs"]),
+    "V2InferInput": obj(
+        {"name": STRING, "shape": SHAPE, "datatype": {"type": "string", "enum": sorted(V2_DATATYPES)},
+         "data": ref("NumberArray"),
+         "parameters": obj({"binary_data_size": {"type": "integer", "minimum": 0, "description":
+                            "the tensor is sent as this many raw bytes after the JSON (binary tensor extension)"}})},
+        ["name", "shape", "datatype"], "One input tensor: its values in `data`, or as binary data after the JSON "
+        "(`parameters.binary_data_size`), not both."),
+    "V2RequestedOutput": obj({"name": STRING, "parameters": obj({"binary_data": {
+        "type": "boolean", "description": "send this output as binary data (overrides binary_data_output)"}})}, ["name"]),
+    "V2InferRequest": obj(
+        {"id": {"type": "string", "description": "echoed in the response"},
+         "parameters": obj({"binary_data_output": {"type": "boolean", "default": False, "description":
+                            "send every output as binary data after the JSON"}}),
+         "inputs": array(ref("V2InferInput"), "exactly one tensor: the model's input", minItems=1, maxItems=1),
+         "outputs": array(ref("V2RequestedOutput"), "the outputs wanted (the model has one); all by default")},
+        ["inputs"]),
+    "V2InferOutput": obj(
+        {"name": STRING, "datatype": {"type": "string", "const": "FP32"}, "shape": SHAPE,
+         "data": array(NUMBER, "the values, flat, in row-major order"),
+         "parameters": obj({"binary_data_size": {"type": "integer", "minimum": 0}})},
+        ["name", "datatype", "shape"], "One output tensor: `data`, or `parameters.binary_data_size` raw bytes after "
+        "the JSON when binary data was asked for."),
+    "V2InferResponse": obj({"model_name": STRING, "model_version": STRING, "id": STRING,
+                            "outputs": array(ref("V2InferOutput"))}, ["model_name", "model_version", "outputs"]),
+    # ----- TensorFlow Serving REST
+    "TFSPredictRequest": {
+        **obj({"signature_name": {"type": "string", "enum": ["", "serving_default"], "default": "serving_default"},
+               "instances": array({"anyOf": [NUMBER, ref("NumberArray"), {"type": "object", "additionalProperties":
+                                   ref("NumberArray"), "description": "a named instance: {input name: values}"}]},
+                                  "row format: one entry per instance", minItems=1),
+               "inputs": {"anyOf": [ref("NumberArray"), {"type": "object", "additionalProperties": ref("NumberArray"),
+                                                        "description": "{input name: the whole batch}"}],
+                          "description": "columnar format: the whole batch at once"}}),
+        "oneOf": [{"required": ["instances"]}, {"required": ["inputs"]}],
+        "description": "Exactly one of `instances` (answered with `predictions`) or `inputs` (answered with `outputs`)."},
+    "TFSPredictResponse": {**obj({"predictions": ref("NumberArray"), "outputs": ref("NumberArray")}),
+                           "oneOf": [{"required": ["predictions"]}, {"required": ["outputs"]}]},
+    "TFSModelStatus": obj({"model_version_status": array(obj(
+        {"version": STRING, "state": {"type": "string", "enum": ["AVAILABLE", "END"], "description":
+                                      "END: the version failed to load (its error in status)"},
+         "status": obj({"error_code": STRING, "error_message": NULLABLE_STRING}, ["error_code", "error_message"])},
+        ["version", "state", "status"]), "newest version first")}, ["model_version_status"]),
+    "TFSModelMetadata": obj({"model_spec": obj({"name": STRING, "signature_name": STRING, "version": STRING},
+                                               ["name", "signature_name", "version"]),
+                             "metadata": obj({"signature_def": {"type": "object", "description":
+                                              "TF Serving's SignatureDefMap: serving_default's inputs and outputs"}},
+                                             ["signature_def"])}, ["model_spec", "metadata"]),
+    # ----- model repository extension
+    "RepositoryIndex": array(obj({"name": STRING, "version": STRING, "state": {"type": "string", "description":
+                                  "READY, or why not (e.g. UNAVAILABLE)"}, "reason": NULLABLE_STRING},
+                                 ["name", "version", "state", "reason"])),
+}
+
+
+# --------------------------------------------------------------------------- the errors, as the server answers them
+
+
+def error(description: str, headers: dict | None = None) -> dict:
+    return {"description": description, "content": {"application/json": {"schema": ref("Error")}},
+            **({"headers": headers} if headers else {})}
+
+
+ERRORS = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "TooLarge", "500": "InferenceFailed",
+          "503": "Unavailable", "504": "Timeout"}  # status -> its entry in components.responses
+
+
+def errors(settings: Settings) -> dict:
+    """components.responses: every error answer, by the name in ERRORS."""
+    return {ERRORS[status]: answer for status, answer in {
+        "400": error("Bad request: malformed JSON, wrong shape or type, values outside [0, 1], an invalid model name "
+                     f"or version, a batch over {settings.max_batch_size} instances."),
+        "401": error("Missing or invalid API key (only when the server has one).",
+                     {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}),
+        "404": error("No such model or version (or no such path)."),
+        "413": error(f"The request body exceeds the server's limit of {settings.max_body_bytes:,} bytes."),
+        "500": error("The model failed on valid inputs (logged by the server)."),
+        "503": error("Not served now. With Retry-After: the request was shed, not run (the version's queue was full, "
+                     "or the version was replaced or unloaded before it could run), and a retry can succeed. "
+                     "Without: the model has no version available yet.",
+                     {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}),
+        "504": error(f"The inference took longer than the server's {settings.request_timeout_s} s timeout."),
+    }.items()}
+
+
+# --------------------------------------------------------------------------- operations
+
+
+PARAMETERS = {
+    "model": {"name": "model", "in": "path", "required": True, "example": "mnist",
+              "schema": {"type": "string", "pattern": NAME.pattern}},
+    "version": {"name": "version", "in": "path", "required": True, "example": "1", "description": "a version number",
+                "schema": {"type": "string", "pattern": f"^{VERSION.pattern}$"}},
+    "label": {"name": "label", "in": "path", "required": True, "example": "stable",
+              "description": "a version label: a name an operator gives a version (stable, canary)",
+              "schema": {"type": "string"}},
+    "binary_header": {"name": BINARY_HEADER, "in": "header", "required": False, "schema": {"type": "integer"},
+                      "description": "binary tensor extension: the length of the JSON part of the body; the rest is "
+                                     "the inputs' raw little-endian bytes"},
+}
+SECURED = [{"bearer": []}, {"apiKey": []}]  # either one
+
+
+def ok(description: str, schema: dict | None = None, media_type: str = "application/json", **more) -> dict:
+    return {"200": {"description": description, **({"content": {media_type: {"schema": schema}}} if schema else {}),
+                    **more}}
+
+
+def operation(op_id: str, tag: str, summary: str, responses: dict, codes=(), *, secured: bool = True,
+              body: dict | None = None, body_required: bool = True, params=(), description: str | None = None) -> dict:
+    """One operation: its 200 answer (`responses`), the error `codes` it can answer (see ERRORS), 401 if `secured`."""
+    codes = [*codes, *(["401"] if secured else [])]
+    op = {"operationId": op_id, "tags": [tag], "summary": summary,
+          "responses": {**responses, **{c: {"$ref": f"#/components/responses/{ERRORS[c]}"} for c in sorted(codes)}}}
+    if description:
+        op["description"] = description
+    if params:
+        op["parameters"] = [PARAMETERS[p] for p in params]
+    if body:
+        op["requestBody"] = {"required": body_required, "content": body}
+    if secured:
+        op["security"] = SECURED
+    return op
+
+
+def json_body(schema: str, examples: list[str]) -> dict:
+    """A JSON request body of `schema`, with EXAMPLES (by reference: each is 784 numbers, used by several paths)."""
+    return {"application/json": {"schema": ref(schema),
+                                 "examples": {name: {"$ref": f"#/components/examples/{name}"} for name in examples}}}
+
+
+V2_INFER_EXAMPLE = {"id": "1", "inputs": [{"name": EXAMPLE_INPUT, "shape": EXAMPLE_SHAPE, "datatype": "FP32",
+                                           "data": [0.0] * 784}]}
+EXAMPLES = {  # one blank image for the course's MNIST model, in each format
+    "v2_json": {"summary": "JSON tensors", "value": V2_INFER_EXAMPLE},
+    "v2_binary_output": {"summary": "JSON input, the output as binary data",
+                         "value": {**V2_INFER_EXAMPLE, "parameters": {"binary_data_output": True}}},
+    "tfs_rows": {"summary": "row format: instances", "value": {"instances": [IMAGE]}},
+    "tfs_columns": {"summary": "columnar format: inputs", "value": {"inputs": {EXAMPLE_INPUT: [IMAGE]}}},
+}
+
+
+def operations(settings: Settings) -> list[tuple[str, str, dict]]:
+    """(method, path, operation) for every route the server answers."""
+    ops = [
+        ("get", "/v2/health/live", operation("v2Live", "v2", "Liveness: the process answers", ok("live", ref("V2Live")),
+                                             secured=False)),
+        ("get", "/v2/health/ready", operation(
+            "v2Ready", "v2", "Readiness: some model has a version to serve",
+            {**ok("ready", ref("V2Ready")), "400": {"description": "not ready",
+                                                    "content": {"application/json": {"schema": ref("V2Ready")}}}},
+            secured=False)),
+        ("get", "/v2", operation("v2ServerMetadata", "v2", "Server name, version and protocol extensions",
+                                 ok(f"extensions: {', '.join(EXTENSIONS)}", ref("V2ServerMetadata")), secured=False)),
+    ]
+    for at, params, name in (("", ("model",), ""), ("/versions/{version}", ("model", "version"), "Version")):
+        base = f"/v2/models/{{model}}{at}"
+        which = "the given version" if at else "the latest available version"
+        ops += [
+            ("get", base, operation(f"v2ModelMetadata{name}", "v2", f"Model metadata ({which})",
+                                    ok("metadata", ref("V2ModelMetadata")), ["400", "404", "503"], params=params)),
+            ("get", f"{base}/ready", operation(
+                f"v2ModelReady{name}", "v2", f"Whether {which} can answer",
+                {**ok("ready", ref("V2ModelReady")), "400": {
+                    "description": "not ready ({name, ready: false}), or an invalid name or version (an error)",
+                    "content": {"application/json": {"schema": {"anyOf": [ref("V2ModelReady"), ref("Error")]}}}}},
+                ["404"], params=params)),
+            ("post", f"{base}/infer", operation(
+                f"v2Infer{name}", "v2", f"Inference ({which})", v2_infer_answer(),
+                ["400", "404", "413", "500", "503", "504"], params=(*params, "binary_header"), body=v2_infer_body(),
+                description="JSON tensors, or binary ones: Triton's binary tensor data extension, for FP32 tensors. "
+                            f"A binary request sends the `{BINARY_HEADER}` header (the JSON part's length), the JSON "
+                            "with `parameters.binary_data_size` in place of the input's `data`, then the input's raw "
+                            "little-endian float32 bytes. An output is sent as binary data when the request's "
+                            "`parameters.binary_data_output` or the output's `parameters.binary_data` is true.")),
+        ]
+    for at, params, name in (("", ("model",), ""), ("/versions/{version}", ("model", "version"), "Version")):
+        ops += tfserving_operations(f"/v1/models/{{model}}{at}", params, name,
+                                    "the given version" if at else "the latest available version")
+    ops += tfserving_operations(LABEL_BASE, ("model", "label"), "Label", "the labelled version")
+    ops += [
+        ("post", "/v2/repository/index", operation("repositoryIndex", "repository", "Every version in the repository",
+                                                   ok("the versions", ref("RepositoryIndex")))),
+        *[("post", f"/v2/repository/models/{{model}}/{action}", operation(
+            f"repository{action.title()}", "repository", summary, ok("done", ref("Empty")), ["400", "404"],
+            params=("model",))) for action, summary in (
+            ("load", "(Re)scan a model's folder and serve its versions"),
+            ("unload", "Stop serving a model, until it is loaded again"))],
+        ("get", "/metrics", operation("metrics", "operations", "Prometheus metrics (text exposition format)",
+                                      ok("the metrics", STRING, "text/plain"), secured=False)),
+        *[("post", path, operation(op_id, "operations", summary, ok("nothing", ref("Empty")), ["413"],
+                                   body={"*/*": {"schema": {}}}, body_required=False))
+          for path, op_id, summary in (
+            ("/empty", "empty", "A load-test floor: the key check and body read of an inference, as a FastAPI endpoint"),
+            ("/empty-route", "emptyRoute", "The same floor on a fast route, as the inference routes are served"))],
+        ("get", OPENAPI_URL, operation("openapi", "documentation", "This OpenAPI document",
+                                       ok("the document", {"type": "object"}), secured=False)),
+        ("get", DOCS_URL, operation("docs", "documentation", "Swagger UI for this document",
+                                    ok("the page", STRING, "text/html"), secured=False)),
+    ]
+    if settings.demo:
+        ops += demo_operations()
+    return ops
+
+
+def v2_infer_body() -> dict:
+    return {**json_body("V2InferRequest", ["v2_json", "v2_binary_output"]),
+            "application/octet-stream": {"schema": {"type": "string", "contentMediaType": "application/octet-stream"},
+                                         "description": f"binary tensors: `{BINARY_HEADER}` bytes of V2InferRequest JSON, "
+                                                        "then the inputs' raw bytes"}}
+
+
+def v2_infer_answer() -> dict:
+    return {"200": {"description": "the outputs",
+                    "headers": {BINARY_HEADER: {"description": "with binary outputs: the length of the JSON part",
+                                                "schema": {"type": "integer"}}},
+                    "content": {"application/json": {"schema": ref("V2InferResponse")},
+                                "application/octet-stream": {
+                                    "schema": {"type": "string", "contentMediaType": "application/octet-stream"},
+                                    "description": f"with binary outputs: `{BINARY_HEADER}` bytes of V2InferResponse "
+                                                   "JSON, then the outputs' raw little-endian float32 bytes"}}}}
+
+
+def tfserving_operations(base: str, params: tuple, name: str, which: str) -> list[tuple[str, str, dict]]:
+    """Status, metadata and :predict under `base` (/v1/models/{model}, .../versions/{version}, .../labels/{label})."""
+    return [
+        ("get", base, operation(f"tfsStatus{name}", "tfserving", f"Status of the model's versions ({which})",
+                                ok("status", ref("TFSModelStatus")), ["400", "404"], params=params)),
+        ("get", f"{base}/metadata", operation(f"tfsMetadata{name}", "tfserving", f"The signature ({which})",
+                                              ok("metadata", ref("TFSModelMetadata")), ["400", "404", "503"],
+                                              params=params)),
+        ("post", f"{base}:predict", operation(
+            f"tfsPredict{name}", "tfserving", f"Predict ({which})", ok("predictions or outputs", ref("TFSPredictResponse")),
+            ["400", "404", "413", "500", "503", "504"], params=params,
+            body=json_body("TFSPredictRequest", ["tfs_rows", "tfs_columns"]),
+            description="Row format (`instances`, answered with `predictions`) or columnar format (`inputs`, answered "
+                        "with `outputs`). Only :predict: the models are plain predict signatures.")),
+    ]
+
+
+def demo_operations() -> list[tuple[str, str, dict]]:
+    """The browser demo's routes (demo.py), served with Settings(demo=True)."""
+    file = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    return [
+        ("get", "/demo", operation("demo", "demo", "Redirects to /demo/", {"307": {"description": "to /demo/"}},
+                                   secured=False)),
+        ("get", "/demo/", operation("demoPage", "demo", "The draw-a-digit page", ok("the page", STRING, "text/html"),
+                                    ["404"], secured=False)),
+        ("get", "/demo/{name}", {**operation("demoFile", "demo", "The page's own files (.html, .js, .css)",
+                                             {"200": {"description": "the file", "content": {
+                                                 t: {"schema": STRING} for t in ("text/html", "text/javascript",
+                                                                                 "text/css")}}},
+                                             ["404"], secured=False),
+                                 "parameters": [{**file, "example": "demo.js"}]}),
+        ("get", "/demo/vendor/{name}", {**operation("demoRuntime", "demo", "ONNX Runtime Web's files (ort*.js, .mjs, "
+                                                    ".wasm)", ok("the file", STRING, "application/octet-stream"),
+                                                    ["404"], secured=False),
+                                        "parameters": [{**file, "example": "ort.min.js"}]}),
+        ("get", "/demo/models/{model}/model.onnx", {**operation(
+            "demoModel", "demo", "The ONNX file of the version the server runs", ok("the model", STRING,
+                                                                                    "application/octet-stream"),
+            ["400", "404", "503"], params=("model",)),
+            "parameters": [PARAMETERS["model"], {"name": "version", "in": "query", "required": False,
+                                                 "schema": {"type": "string", "pattern": f"^{VERSION.pattern}$"}}]}),
+    ]
+
+
+# --------------------------------------------------------------------------- the document
+
+
+def build(settings: Settings) -> dict:
+    paths: dict[str, dict] = {}
+    for method, path, op in operations(settings):
+        paths.setdefault(path, {})[method] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": f"{SERVER_NAME} inference server", "version": SERVER_VERSION,
+                 "description": "TensorFlow Serving's REST API and the Open Inference Protocol (KServe v2) for the "
+                                "course's models. With an API key set, the operations marked with a lock need it "
+                                "(Authorization: Bearer <key>, or X-API-Key: <key>); health, server metadata, "
+                                "/metrics and this documentation never do."},
+        "tags": [{"name": "v2", "description": "Open Inference Protocol (KServe v2)"},
+                 {"name": "tfserving", "description": "TensorFlow Serving REST API"},
+                 {"name": "repository", "description": "model repository extension (operators)"},
+                 {"name": "operations", "description": "metrics and load-test floors"},
+                 {"name": "documentation"}, *([{"name": "demo", "description": "the browser demo"}] if settings.demo else [])],
+        "paths": paths,
+        "components": {
+            "schemas": SCHEMAS,
+            "examples": EXAMPLES,
+            "responses": errors(settings),
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "description": "the server's API key"},
+                                "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}},
+        },
+    }
+
