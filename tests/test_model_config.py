@@ -170,9 +170,10 @@ def latest(n: int) -> dict:
 
 def test_latest_n_loads_only_the_newest_and_unloads_the_oldest_when_a_newer_one_arrives(exports, tmp_path):
     root = repository_with(tmp_path, {1: exports.v1, 2: exports.v2}, latest(1))
-    repository = ModelRepository(root)
+    loads = []
+    repository = ModelRepository(root, on_load=lambda model, version, ok: loads.append(version))
     repository.scan()
-    assert states(repository) == {1: "END", 2: "AVAILABLE"}
+    assert states(repository) == {1: "END", 2: "AVAILABLE"} and loads == [2]  # version 1 is never even read
     assert repository.versions("mnist")[1].backend is None and repository.versions("mnist")[1].error == NOT_IN_POLICY
     with pytest.raises(ModelNotFound, match="version 1 is not loaded: not in the version policy"):
         repository.get("mnist", 1)
@@ -187,9 +188,10 @@ def test_latest_n_loads_only_the_newest_and_unloads_the_oldest_when_a_newer_one_
 def test_specific_serves_only_the_versions_it_lists(exports, tmp_path):
     root = repository_with(tmp_path, {1: exports.v1, 2: exports.v2, 3: exports.v1},
                            {"version_policy": {"specific": {"versions": [1, 3]}}})
-    repository = ModelRepository(root)
+    loads = []
+    repository = ModelRepository(root, on_load=lambda model, version, ok: loads.append(version))
     repository.scan()
-    assert states(repository) == {1: "AVAILABLE", 2: "END", 3: "AVAILABLE"}
+    assert states(repository) == {1: "AVAILABLE", 2: "END", 3: "AVAILABLE"} and loads == [1, 3]
 
 
 def test_all_and_no_config_at_all_serve_every_version(exports, tmp_path):
