@@ -41,6 +41,8 @@ FIXES = {
                     "delete that folder and run the chapter that made it again (or `make clean` and rerun): the course never loads a file it cannot verify."),
     "manifest": Fix("refusing to load a manifest.json that is not valid JSON, breaks the manifest schema or changed since it was written",
                     "re-export that version: delete its folder and run the chapter that exported it again (or `make clean` and rerun); for a server's model repository, publish the version again from a verified export. Never edit a manifest by hand: its manifest_sha256 covers every field."),
+    "model-config": Fix("the server refused a model's config.json (batching, max_queue, version_policy, version_labels)",
+                        "correct the keys the error names in <repository>/<model>/config.json (helpers/serving/model_config.py shows the format) or delete the file to serve the model with the server's own settings; the server applies the file on its next scan and keeps the last valid config until then."),
     "wrk": Fix("`wrk` is not installed (chapter 06 load tests)",
                "`sudo apt-get install wrk` (Debian/Ubuntu; `make setup` does it as root) or `brew install wrk`; without it the load tests are skipped and say so."),
     "prometheus": Fix("`prometheus` is not installed (chapter 07)",

@@ -16,7 +16,8 @@ Every inference goes through `Server.infer` and every counted answer through `Se
 metrics are handled in one place. How a request finds its route: see `FastPath`. How it reaches its model: each loaded
 version gets a caller on its first request (batching.DynamicBatcher with --batching, else batching.DirectCalls, which
 runs a fast model inline on the event loop and a slow one in the server's thread pool); a version's queue is bounded,
-and a request beyond it is shed at once with 503 and Retry-After (`RetryLater`).
+and a request beyond it is shed at once with 503 and Retry-After (`RetryLater`). A model's config.json overrides the
+batching and queue settings for its versions (model_config; `new_caller`).
 """
 
 from __future__ import annotations
@@ -166,7 +167,9 @@ class Server:
     def refresh_gauges(self) -> None:
         self.metrics.versions_available.clear()  # models removed or unloaded disappear from the metric
         self.metrics.versions_failed.clear()
+        self.metrics.config_errors.clear()
         for model, versions in dict(self.repository.models).items():
+            self.metrics.config_errors.labels(model).set(float(bool(getattr(versions, "config_error", ""))))
             self.metrics.versions_available.labels(model).set(sum(s.state == "AVAILABLE" for s in versions.values()))
             # a gauge, not an increase() of model_loads_total: a counter series born at 1 shows no increase
             self.metrics.versions_failed.labels(model).set(sum(s.failed for s in versions.values()))
@@ -209,9 +212,9 @@ class Server:
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def lookup(self, model: str, version: int | None):
+    def lookup(self, model: str, version: int | None, label: str | None = None):
         try:
-            return self.repository.get(check_model_name(model), version)
+            return self.repository.get(check_model_name(model), version, label)
         except ModelNotFound as error:
             raise RequestError(404, str(error)) from None
         except VersionNotReady as error:
@@ -249,14 +252,15 @@ class Server:
         if caller is None:  # swapped out since its lookup: its own backend answers it, once, in the pool
             async with asyncio.timeout(self.settings.request_timeout_s):
                 return await asyncio.get_running_loop().run_in_executor(self.pool, state.backend.predict, x)
-        if self.settings.batching:
+        batched = isinstance(caller, DynamicBatcher)  # per model: its config.json may turn batching on or off
+        if batched:
             self.metrics.child(self.metrics.queue_depth, model).set(caller.depth())
         if caller.inline:  # tens of microseconds and no suspension: a timer would cost more than it could catch
             y = caller.predict(x)
         else:
             async with asyncio.timeout(self.settings.request_timeout_s):
                 y = await caller.submit(x)
-        if not self.settings.batching:  # a batcher counts its own calls (on_batch), each carrying several requests
+        if not batched:  # a batcher counts its own calls (on_batch), each carrying several requests
             self.metrics.child(self.metrics.batch_size, model).observe(len(x))
         return y
 
@@ -275,18 +279,20 @@ class Server:
         return self.callers[id(state)][1]
 
     def new_caller(self, model: str, state) -> DynamicBatcher | DirectCalls:
-        settings, backend = self.settings, state.backend
-        if settings.batching:
+        """The caller for a version, from the model's effective settings: the global Settings overridden by its
+        config.json, which the state carries (`state.calls`): a config change makes new states, so new callers."""
+        calls, backend = state.calls.effective(self.settings), state.backend
+        if calls.batching:
             histogram = self.metrics.child(self.metrics.batch_size, model)
-            return DynamicBatcher(backend.predict, settings.batch_max_size, settings.batch_max_delay_ms,
-                                  on_batch=histogram.observe, max_queue=settings.max_queue)
+            return DynamicBatcher(backend.predict, calls.max_batch_size, calls.max_delay_ms,
+                                  on_batch=histogram.observe, max_queue=calls.max_queue)
 
         def planned(inline: bool, seconds: float) -> None:  # once per version; chapter 06 reads the line and the gauges
             log.info("model %s version %d: a one-row call takes %.0f µs, so its unbatched calls run %s", model,
                      state.version, seconds * 1e6, "inline on the event loop" if inline else "in the thread pool")
 
         example = np.zeros((1, *backend.input.shape[1:]), np.float32)  # the warm-up input
-        return DirectCalls(backend.predict, example, self.pool, settings.max_queue, settings.inline_below_us / 1e6,
+        return DirectCalls(backend.predict, example, self.pool, calls.max_queue, self.settings.inline_below_us / 1e6,
                            on_plan=planned)
 
     def close_unloaded(self) -> None:

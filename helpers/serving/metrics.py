@@ -2,7 +2,8 @@
 
 Besides requests, latencies and model loads: how a version's calls are run (inference_runs_inline and the timed call
 that decided it, inference_call_seconds; chapter 06) and the requests shed when a version's queue is full
-(inference_shed_total: each was answered 503 with Retry-After)."""
+(inference_shed_total: each was answered 503 with Retry-After), and the models whose config.json is refused
+(model_config_errors)."""
 
 from __future__ import annotations
 
@@ -48,6 +49,9 @@ class ServerMetrics:
         self.versions_failed = Gauge("model_versions_failed", "Versions whose files failed to load (refused, or refused "
                                      "on reload while the copy loaded before keeps serving), by model",
                                      ["model"], registry=self.registry)
+        self.config_errors = Gauge("model_config_errors", "1 while the model's config.json is refused (the config in force "
+                                   "before it still applies; the status endpoints say why), else 0", ["model"],
+                                   registry=self.registry)
 
     def child(self, metric, *labels):
         """metric.labels(*labels), remembered: the lookup costs a few microseconds per call, on every request."""

@@ -180,13 +180,15 @@ def tfs_response(outputs: np.ndarray, layout: str) -> bytes:
     return orjson.dumps({key: outputs}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
-def tfs_status(versions: dict) -> dict:
-    """GET /v1/models/<model>: TF Serving's model_version_status list."""
+def tfs_status(versions: dict, messages: dict | None = None) -> dict:
+    """GET /v1/models/<model>: TF Serving's model_version_status list; `messages` (version -> text) replace the states'
+    own errors (ModelRepository.reports: a refused config.json, the version policy)."""
+    messages = messages or {}
     # TF Serving's states are START, LOADING, AVAILABLE, UNLOADING, END: a version that failed to load is END, with its
     # error in `status` (Triton's name for it, UNAVAILABLE, is what the v2 repository index reports)
     return {"model_version_status": [
         {"version": str(v), "state": "AVAILABLE" if s.state == "AVAILABLE" else "END",
-         "status": {"error_code": "OK" if s.state == "AVAILABLE" else "UNKNOWN", "error_message": s.error}}
+         "status": {"error_code": "OK" if s.state == "AVAILABLE" else "UNKNOWN", "error_message": messages.get(v, s.error)}}
         for v, s in sorted(versions.items(), reverse=True)]}
 
 

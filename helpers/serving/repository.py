@@ -13,6 +13,14 @@ for `missing_grace_s` (see MISSING_GRACE_S: replacing a folder takes two renames
 
 Threads: the watcher scans in its own thread, the admin routes call `load` and `unload` from worker threads, requests
 read on the event loop. See ModelRepository for the two locks.
+
+A model's `config.json` (helpers.serving.model_config) is read on each scan of the model and applied when its content
+changes: its version policy chooses the versions loaded (the others are END, "not in the version policy"), its labels
+name versions, and its batching and queue settings travel with each version state (`VersionState.calls`). A config is
+committed with the versions it selected, in the same swap (ModelVersions), so a reader sees either the old config and
+its versions or the new ones. An invalid file is refused: the config in force stays, and its error is reported with
+every version's status. A version the policy drops keeps serving while no version the policy selects is available
+(TF Serving's availability-preserving loading): a new version that fails to load never causes an outage.
 """
 
 from __future__ import annotations
@@ -22,10 +30,19 @@ import re
 import shutil
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from helpers.serving.backends import Backend, load_backend
+from helpers.serving.model_config import (
+    CONFIG,
+    NO_CONFIG,
+    CallSettings,
+    ModelConfig,
+    ModelConfigError,
+    parse_config,
+    select_versions,
+)
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")  # no path separators, no leading dot, no ".."
 VERSION = re.compile(r"[0-9]{1,18}")  # ASCII digits only ("²".isdigit() is True), and small enough for an int64
@@ -39,6 +56,7 @@ log = logging.getLogger("helpers.serving")
 # version is unloaded on the first scan at least this long after the first scan that missed it. The price: a deleted
 # version stops serving about one poll later.
 MISSING_GRACE_S = 1.0
+NOT_IN_POLICY = "not in the version policy"
 
 
 class ModelNotFound(LookupError):
@@ -58,6 +76,7 @@ class VersionState:
     fingerprint: tuple = ()  # of the files this state was loaded from (or refused)
     loaded_at: float = field(default_factory=time.time)
     refused: tuple = ()  # of the files that failed to replace this serving copy: not retried until they change
+    calls: CallSettings = CallSettings()  # the model config's batching and queue overrides this state's caller is built with
 
     @property
     def failed(self) -> bool:
@@ -67,6 +86,21 @@ class VersionState:
     def last_seen(self) -> tuple:
         """The fingerprint of the files last tried for this version: a scan tries them again only if they differ."""
         return self.refused or self.fingerprint
+
+
+class ModelVersions(dict):
+    """One model's entry in `ModelRepository.models`: its version states (version -> VersionState), with the config in
+    force, the error of a refused config.json (or ""), and the bytes of the file last read (None: no file). Built
+    whole and never changed, like the dictionaries around it."""
+
+    def __init__(self, states: dict, config: ModelConfig = NO_CONFIG, config_error: str = "", config_raw: bytes | None = None):
+        super().__init__(states)
+        self.config, self.config_error, self.config_raw = config, config_error, config_raw
+
+
+def config_of(versions: dict) -> ModelConfig:
+    """The config in force for a model's versions (a plain dict, as tests build by hand, has none)."""
+    return getattr(versions, "config", NO_CONFIG)
 
 
 def valid_name(name: str) -> bool:
@@ -80,7 +114,8 @@ def fingerprint(directory: Path) -> tuple:
 
 
 class ModelRepository:
-    """The versions being served: `models[model][version]` is a VersionState.
+    """The versions being served: `models[model][version]` is a VersionState; `models[model]` is a ModelVersions,
+    which also carries the model's config (so one read of `models` gives a model's versions and its config together).
 
     `lock` guards `models` and `unloaded`: every change to them is made under it, held for a dictionary swap only, never
     during a load. They are never changed in place: a change builds a new dictionary (or frozenset) and assigns it, so
@@ -120,15 +155,53 @@ class ModelRepository:
                     log.exception("scanning model %s failed; the versions already loaded keep serving", model)
 
     def scan_model(self, model: str) -> None:
-        """(Re)load one model's versions and swap the result in; call with `scan_lock` held."""
+        """(Re)load one model's versions as its config selects them and swap the result in; call with `scan_lock` held."""
         on_disk = self.versions_on_disk(model)
-        known = dict(self.models.get(model, {}))
+        previous = self.models.get(model, {})
+        config, config_error, config_raw = self.read_config(model, previous)
+        selected = select_versions(config.policy, on_disk)
+        known = dict(previous)
         for version, directory in sorted(on_disk.items()):
             if model in self.unloaded:  # unloaded meanwhile: loading its other versions would be wasted
                 return
-            self.refresh(model, version, directory, known)
+            if version in selected:
+                self.refresh(model, version, directory, known)
         self.drop_missing(model, known, on_disk)
-        self.commit(model, known)
+        self.retire_unselected(model, known, set(on_disk) - selected)
+        # new batching or queue settings give the versions new states (same backend), so new callers: see Server.caller
+        states = {v: s if s.calls == config.calls else replace(s, calls=config.calls) for v, s in known.items()}
+        self.commit(model, ModelVersions(states, config, config_error, config_raw))
+
+    def read_config(self, model: str, previous: dict) -> tuple[ModelConfig, str, bytes | None]:
+        """The model's config in force, the error of a refused config.json ("" if none) and the file's bytes (None:
+        no file). Parsed only when the bytes differ from those read before (a config is small: its bytes are its
+        fingerprint); a refused file keeps the config in force and is logged once, when it is first read."""
+        path = self.root / model / CONFIG
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return NO_CONFIG, "", None
+        if raw == getattr(previous, "config_raw", None):
+            return previous.config, previous.config_error, raw
+        try:
+            config = parse_config(raw, path)
+        except ModelConfigError as error:
+            log.error("model %s: %s", model, error)
+            return config_of(previous), str(error), raw
+        log.info("model %s: %s applied (version policy: %s)", model, path, config.policy)
+        return config, "", raw
+
+    def retire_unselected(self, model: str, known: dict[int, VersionState], unselected: set[int]) -> None:
+        """Mark the versions on disk outside the policy END, unloading those that served; but while no version the
+        policy selects is available, the ones serving keep serving (never an outage for a policy's sake)."""
+        selected_available = any(s.state == "AVAILABLE" for v, s in known.items() if v not in unselected)
+        for version in sorted(unselected):
+            current = known.get(version)
+            if current is not None and (current.state == "END" or (current.state == "AVAILABLE" and not selected_available)):
+                continue
+            if current is not None and current.state == "AVAILABLE":
+                log.info("model %s version %d: %s, unloaded", model, version, NOT_IN_POLICY)
+            known[version] = VersionState(version, "END", error=NOT_IN_POLICY)
 
     def versions_on_disk(self, model: str) -> dict[int, Path]:
         model_dir = self.root / model
@@ -196,7 +269,7 @@ class ModelRepository:
         else:
             self.missing_since.pop(model, None)
 
-    def commit(self, model: str, known: dict[int, VersionState]) -> None:
+    def commit(self, model: str, known: ModelVersions) -> None:
         """Swap in a scan's result for `model` (no versions left: the model is removed), unless an operator unloaded
         the model while it was being scanned: the latest word is theirs."""
         with self.lock:
@@ -245,32 +318,68 @@ class ModelRepository:
 
     # ------------------------------------------------------------------ lookups: no lock (see the class docstring)
 
-    def snapshot(self) -> dict[str, dict[int, VersionState]]:
+    def snapshot(self) -> dict[str, ModelVersions]:
         """Every loaded model's versions as they are now: a view that no later change touches. Do not modify it."""
         return self.models
 
-    def versions(self, model: str) -> dict[int, VersionState]:
+    def entry(self, model: str) -> ModelVersions:
+        """The model's versions with its config, as one consistent view. Do not modify it."""
         models = self.models
         if model not in models:
             raise ModelNotFound(f"model '{model}' is not loaded" if valid_name(model) else "invalid model name")
-        return dict(models[model])
+        return models[model]
 
-    def get(self, model: str, version: int | None = None) -> VersionState:
-        """The requested version, or the latest available one; raises if it cannot answer."""
-        versions = self.versions(model)
+    def versions(self, model: str) -> dict[int, VersionState]:
+        return dict(self.entry(model))
+
+    def get(self, model: str, version: int | None = None, label: str | None = None) -> VersionState:
+        """The requested version (by number or by its config's version label), or the latest available one; raises if
+        it cannot answer: ModelNotFound if it is not loaded (unknown, or outside the version policy), VersionNotReady
+        if it failed to load."""
+        versions = self.entry(model)
+        what = f"version {version}"
+        if label is not None:
+            version = labelled(model, versions, label)
+            what = f"label '{label}' names version {version}, which"
         if version is None:
             available = [v for v, s in versions.items() if s.state == "AVAILABLE"]
             if not available:
                 raise VersionNotReady(f"model '{model}' has no available version")
             return versions[max(available)]
         if version not in versions:
-            raise ModelNotFound(f"model '{model}' has no version {version}")
+            raise ModelNotFound(f"model '{model}' has no version {version}" if label is None else f"model '{model}' {what} "
+                                "is not loaded")
+        if versions[version].state == "END":
+            raise ModelNotFound(f"model '{model}' {what} is not loaded: {versions[version].error}")
         if versions[version].state != "AVAILABLE":
-            raise VersionNotReady(f"model '{model}' version {version} is not available: {versions[version].error}")
+            raise VersionNotReady(f"model '{model}' {what} is not available: {versions[version].error}")
         return versions[version]
+
+    def reports(self, versions: dict) -> dict[int, str]:
+        """What each version's status says (TF Serving's error_message, the v2 index's reason): a refused config.json
+        first, then why the version does not serve, or serves although the policy drops it, or what is wrong on disk."""
+        config_error = getattr(versions, "config_error", "")
+        selected = select_versions(config_of(versions).policy, versions)
+        messages = {}
+        for version, state in versions.items():
+            note = state.error
+            if state.state == "AVAILABLE" and version not in selected:
+                note = "; ".join(filter(None, [f"{NOT_IN_POLICY}: serving until a version it selects is available", note]))
+            messages[version] = "; ".join(filter(None, [config_error, note]))
+        return messages
 
     def ready(self) -> bool:
         return any(s.state == "AVAILABLE" for versions in self.models.values() for s in versions.values())
+
+
+def labelled(model: str, versions: dict, label: str) -> int:
+    """The version that the model's config labels `label` (TF Serving's version_labels)."""
+    labels = config_of(versions).labels
+    if label not in labels:
+        known = ", ".join(f"'{name}'" for name in sorted(labels)) or "none"
+        raise ModelNotFound(f"model '{model}' has no version label '{label[:64]}' (its labels: {known}; they are set in "
+                            f"its {CONFIG}'s version_labels)")
+    return labels[label]
 
 
 def changed(directory: Path, marks: tuple) -> bool:

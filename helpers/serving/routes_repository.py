@@ -26,6 +26,10 @@ if TYPE_CHECKING:  # for the annotations only: app.py imports this module
     from helpers.serving.app import Server
 
 
+# Triton's names: READY, UNAVAILABLE (failed, or not loaded: a version outside its model's version policy, with why)
+TRITON_STATES = {"AVAILABLE": "READY", "END": "UNAVAILABLE"}
+
+
 def routes(server: Server) -> list[Route]:
     return [counted(server, "repository", "POST", "/v2/repository/index", index),
             counted(server, "repository", "POST", "/v2/repository/models/{model}/{action}", load_or_unload)]
@@ -36,9 +40,10 @@ async def index(server: Server, request: Request, labels: dict) -> Response:
     rows = []
     # on the event loop: a snapshot is read without a lock and without touching the disk, so nothing here can wait
     for model, versions in sorted(server.repository.snapshot().items()):
+        reports = server.repository.reports(versions)  # a refused config.json is in every one of its versions' reasons
         for version, state in sorted(versions.items()):
-            rows.append({"name": model, "version": str(version), "state": "READY" if state.state == "AVAILABLE" else state.state,
-                         "reason": state.error})
+            rows.append({"name": model, "version": str(version), "state": TRITON_STATES.get(state.state, state.state),
+                         "reason": reports[version]})
     return json_response(rows)
 
 

@@ -1,12 +1,19 @@
 """TensorFlow Serving's REST API: model status, metadata and predict. Spec: https://www.tensorflow.org/tfx/serving/api_rest
 
-    GET  /v1/models/<m>[/versions/<v>]             status of the model's versions (or of one)
-    GET  /v1/models/<m>[/versions/<v>]/metadata    the signature: input and output names, types, shapes
-    POST /v1/models/<m>[/versions/<v>]:predict     {"instances": [...]} (rows) or {"inputs": ...} (columns) (a fast route)
+    GET  /v1/models/<m>[/versions/<v> | /labels/<l>]             status of the model's versions (or of one)
+    GET  /v1/models/<m>[/versions/<v> | /labels/<l>]/metadata    the signature: input and output names, types, shapes
+    POST /v1/models/<m>[/versions/<v> | /labels/<l>]:predict     {"instances": [...]} (rows) or {"inputs": ...}
+                                                                 (columns) (a fast route)
 
 TF Serving puts the verb after a colon in the last segment (`mnist:predict`), which a path template cannot split from
-the model name, so each route takes the whole rest of the path and V1_PATH parses it. (TF Serving's `/labels/<label>`
-and the :classify and :regress verbs are not served: this server's models are plain predict signatures.)
+the model name, so each route takes the whole rest of the path and V1_PATH parses it. (The :classify and :regress verbs
+are not served: this server's models are plain predict signatures.)
+
+Labels come from the model's config.json (`version_labels`, as in TF Serving's ModelServerConfig). TF Serving refuses
+a config whose label names a version not loaded (unless --allow_version_labels_for_unavailable_models); this server
+accepts it (the version may still be loading) and answers each request for the label as the version would: 404 if
+that version is not loaded (not on disk, or outside the version policy), 503 if it failed to load, each message naming
+the label and the version. The Open Inference Protocol has no labels: its routes name versions only.
 """
 
 from __future__ import annotations
@@ -21,12 +28,13 @@ from starlette.routing import Route
 from helpers.serving import protocols
 from helpers.serving.http import FastRoute, check_model_name, counted, json_response, parse_version
 from helpers.serving.protocols import RequestError
-from helpers.serving.repository import ModelNotFound
+from helpers.serving.repository import ModelNotFound, labelled
 
 if TYPE_CHECKING:  # for the annotations only: app.py imports this module
     from helpers.serving.app import Server
 
-V1_PATH = re.compile(r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+))?(?::(?P<verb>\w+)|/(?P<metadata>metadata))?$")
+V1_PATH = re.compile(r"^(?P<model>[^/:]+)(?:/versions/(?P<version>[^/:]+)|/labels/(?P<label>[^/:]+))?"
+                     r"(?::(?P<verb>\w+)|/(?P<metadata>metadata))?$")
 
 
 def routes(server: Server) -> list[Route]:
@@ -47,20 +55,24 @@ async def status(server: Server, request: Request, labels: dict) -> Response:
     match = match_v1(path)
     if not match or match["verb"]:
         raise RequestError(404, f"no such endpoint: GET /v1/models/{path[:100]}")
-    model, version = check_model_name(match["model"]), parse_version(match["version"])
+    model, version, label = check_model_name(match["model"]), parse_version(match["version"]), match["label"]
     labels["model"] = model
     if match["metadata"]:
-        state = server.lookup(model, version)
+        state = server.lookup(model, version, label)
         return json_response(protocols.tfs_metadata(model, state.version, state.backend))
     try:
-        versions = server.repository.versions(model)
+        versions = server.repository.entry(model)  # one read: the versions and the config that labels them
+        if label is not None:
+            version = labelled(model, versions, label)
     except ModelNotFound as error:
         raise RequestError(404, str(error)) from None
+    reports = server.repository.reports(versions)
     if version is not None:
         if version not in versions:
-            raise RequestError(404, f"model '{model}' has no version {version}")
+            named = f"label '{label}' names version {version}, which is not loaded" if label else f"has no version {version}"
+            raise RequestError(404, f"model '{model}' {named}")
         versions = {version: versions[version]}
-    return json_response(protocols.tfs_status(versions))  # every version, failed ones too, as TF Serving reports them
+    return json_response(protocols.tfs_status(versions, reports))  # every version, failed ones too, as TF Serving does
 
 
 async def predict(server: Server, request: Request, labels: dict) -> Response:
@@ -74,7 +86,7 @@ async def predict(server: Server, request: Request, labels: dict) -> Response:
     model, version = check_model_name(match["model"]), parse_version(match["version"])
     labels["model"] = model
     document = protocols.parse_json(await server.read_body(request))
-    state = server.lookup(model, version)
+    state = server.lookup(model, version, match["label"])
     labels["version"] = str(state.version)
     x, layout = protocols.tfs_inputs(document, state.backend.input, server.settings.max_batch_size)
     y = await server.infer(model, state, x)
