@@ -300,7 +300,7 @@ def server(repository, room_for_sockets):
 
 def request_with_headers(size: int) -> bytes:
     """A GET of /v2/health/ready exactly `size` bytes long, padded with one header."""
-    start, end = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nX-Pad: ", b"\r\n\r\n"
+    start, end = b"GET /v2/health/ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\nX-Pad: ", b"\r\n\r\n"
     return start + b"a" * (size - len(start) - len(end)) + end
 
 
@@ -410,18 +410,25 @@ def test_per_client_count_admits_up_to_the_limit_per_address_and_frees_on_releas
 
 
 def test_throttled_log_writes_one_line_per_reason_per_interval_with_the_count(caplog):
-    now = [0.0]
-    throttled = ThrottledLog(logging.getLogger("test.throttled"), every_s=5, clock=lambda: now[0])
+    now, scheduled = [0.0], []
+    throttled = ThrottledLog(logging.getLogger("test.throttled"), every_s=5, clock=lambda: now[0],
+                             schedule=lambda delay_s, then: scheduled.append((delay_s, then)))
     with caplog.at_level(logging.WARNING, "test.throttled"):
         assert throttled.note("body_timeout", "first")
-        assert not any(throttled.note("body_timeout", "more") for _ in range(99))
+        now[0] = 1.0
+        assert not any(throttled.note("body_timeout", f"more {i}") for i in range(99))
         assert throttled.note("header_timeout", "another reason logs at once")
+        assert [delay for delay, _ in scheduled] == [4.0]  # one write-out for the 99 held back, when the interval ends
         now[0] = 5.0
+        scheduled[0][1]()
+        now[0] = 10.0
         assert throttled.note("body_timeout", "later")
+        throttled.flush("body_timeout")  # nothing held back: nothing written
     assert [r.getMessage() for r in caplog.records] == [
         "closed 1 connection(s) [body_timeout] since the last such line; latest: first",
         "closed 1 connection(s) [header_timeout] since the last such line; latest: another reason logs at once",
-        "closed 100 connection(s) [body_timeout] since the last such line; latest: later",
+        "closed 99 connection(s) [body_timeout] since the last such line; latest: more 98",
+        "closed 1 connection(s) [body_timeout] since the last such line; latest: later",
     ]
 
 

@@ -40,6 +40,7 @@ connection would flood the log with the attacker's traffic.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass
@@ -94,24 +95,40 @@ class PerClientCount:
 
 
 class ThrottledLog:
-    """One warning per reason every `every_s` at most, saying how many events it stands for."""
+    """One warning per reason every `every_s` at most, saying how many events it stands for. With `schedule(delay_s,
+    callback)` (the event loop's call_later), the events held back are written out when their interval ends, so that
+    a burst is logged as its first event and then one line with the rest."""
 
-    def __init__(self, logger: logging.Logger, every_s: float = LOG_EVERY_S, clock=time.monotonic):
-        self.logger, self.every_s, self.clock = logger, every_s, clock
-        self.last: dict[str, float] = {}
+    def __init__(self, logger: logging.Logger, every_s: float = LOG_EVERY_S, clock=time.monotonic, schedule=None):
+        self.logger, self.every_s, self.clock, self.schedule = logger, every_s, clock, schedule
+        self.last: dict[str, float] = {}  # when each reason was last written
         self.unlogged: dict[str, int] = {}
+        self.latest: dict[str, str] = {}
+        self.pending: set[str] = set()  # reasons with a write-out scheduled
 
     def note(self, reason: str, message: str) -> bool:
-        """Count one event; log it (with the count of those not logged before it) if the reason's last line is old
-        enough. Returns whether it logged."""
+        """Count one event; write it (with those held back before it) if the reason's last line is old enough.
+        Returns whether it wrote."""
         self.unlogged[reason] = self.unlogged.get(reason, 0) + 1
+        self.latest[reason] = message
         now = self.clock()
         if reason in self.last and now - self.last[reason] < self.every_s:
+            if self.schedule is not None and reason not in self.pending:
+                self.pending.add(reason)
+                self.schedule(self.last[reason] + self.every_s - now, lambda: self.flush(reason))
             return False
-        self.last[reason] = now
-        count = self.unlogged.pop(reason)
-        self.logger.warning("closed %d connection(s) [%s] since the last such line; latest: %s", count, reason, message)
+        self.write(reason, now)
         return True
+
+    def flush(self, reason: str) -> None:
+        self.pending.discard(reason)
+        if self.unlogged.get(reason):
+            self.write(reason, self.clock())
+
+    def write(self, reason: str, now: float) -> None:
+        self.last[reason] = now
+        count, message = self.unlogged.pop(reason), self.latest.pop(reason)
+        self.logger.warning("closed %d connection(s) [%s] since the last such line; latest: %s", count, reason, message)
 
 
 class ConnectionGuard:
@@ -121,7 +138,8 @@ class ConnectionGuard:
         self.limits = limits
         self.clients = PerClientCount(limits.max_per_client)
         self.counted = {reason: closed_counter.labels(reason) for reason in REASONS}  # every series exists from 0
-        self.log = ThrottledLog(logger)
+        # called on the event loop (by a connection), so the loop is the running one then
+        self.log = ThrottledLog(logger, schedule=lambda delay_s, then: asyncio.get_running_loop().call_later(delay_s, then))
 
     def closed(self, reason: str, address: str | None, detail: str) -> None:
         self.counted[reason].inc()
