@@ -5,6 +5,7 @@
     batching    dynamic batching of concurrent requests
     drift       the drift monitor each served version runs against its shipped reference (chapter 07)
     protocols   TF Serving REST and Open Inference Protocol (KServe v2) parsing and responses
+    connections limits on slow and greedy clients, below the app: header and body timeouts, header size, per address
     app         the app: settings, the state every route shares, the one inference path, one routing table
     http        what every route module shares: JSON answers, name and version checks, route makers
     routes_v2   Open Inference Protocol (KServe v2): health, metadata, readiness, /infer

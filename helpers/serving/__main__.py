@@ -14,6 +14,7 @@ API_KEY_ENV = "COURSE_SERVING_API_KEY"
 
 def parse_args(argv=None):
     from helpers.serving.app import Settings
+    from helpers.serving.connections import ConnectionLimits
 
     defaults = Settings(repository=Path("."))
     parser = argparse.ArgumentParser(prog="python -m helpers.serving", description="Run the course's inference server (TF Serving REST and KServe v2 APIs) on uvicorn.")
@@ -44,8 +45,29 @@ def parse_args(argv=None):
                         help="who may read /metrics: open, or only with the API key (auto: open when bound to loopback, "
                              "else the key)")
     parser.add_argument("--max-connections", type=int, default=1000, help="beyond this many, new connections get 503")
+    limits = ConnectionLimits()
+    parser.add_argument("--header-timeout-s", type=positive(float), default=limits.header_timeout_s,
+                        help="close a connection whose request headers take longer than this (408 if the request began)")
+    parser.add_argument("--body-timeout-s", type=positive(float), default=limits.body_timeout_s,
+                        help="answer 408 and close when a request body pauses longer than this")
+    parser.add_argument("--body-deadline-s", type=positive(float), default=limits.body_deadline_s,
+                        help="answer 408 and close when a whole request body takes longer than this")
+    parser.add_argument("--max-header-bytes", type=positive(int), default=limits.max_header_bytes,
+                        help="answer 431 and close when a request's line and headers are larger than this")
+    parser.add_argument("--max-connections-per-client", type=int, default=limits.max_per_client,
+                        help="close at once a connection beyond this many open from one address (0: no limit)")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
+
+
+def positive(kind):
+    """An argparse type: a number of `kind` above 0 (a limit of 0 s or 0 bytes would refuse every request)."""
+    def parse(text: str):
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, not {text}")
+        return value
+    return parse
 
 
 def api_key(args) -> str | None:
@@ -73,6 +95,18 @@ def metrics_need_key(args, key: str | None) -> bool:
     return args.metrics_access == "key"
 
 
+def http_protocol(args, app):
+    """uvicorn's httptools protocol with the limits on slow and greedy clients (connections.py), counting the
+    connections it closes in the server's own metrics. The server speaks no WebSocket (hence ws="none" above): the
+    limits know only HTTP."""
+    from helpers.serving.connections import ConnectionLimits, limited_protocol
+
+    limits = ConnectionLimits(header_timeout_s=args.header_timeout_s, body_timeout_s=args.body_timeout_s,
+                              body_deadline_s=args.body_deadline_s, max_header_bytes=args.max_header_bytes,
+                              max_per_client=args.max_connections_per_client)
+    return limited_protocol(limits, app.app.state.server.metrics.connections_closed)
+
+
 def main(argv=None) -> int:
     import uvicorn
 
@@ -97,8 +131,9 @@ def main(argv=None) -> int:
                         poll_interval_s=args.poll_interval_s, drift_window=args.drift_window,
                         drift_alpha=args.drift_alpha, demo=args.demo, max_queue=args.max_queue,
                         inline_below_us=args.inline_below_us, metrics_need_key=metrics_need_key(args, key))
-    uvicorn.run(create_app(settings), host=args.host, port=args.port, log_level="warning", access_log=False,
-                loop="uvloop", http="httptools", limit_concurrency=args.max_connections)
+    app = create_app(settings)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, loop="uvloop",
+                http=http_protocol(args, app), ws="none", limit_concurrency=args.max_connections)
     return 0
 
 

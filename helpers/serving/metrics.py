@@ -2,8 +2,9 @@
 
 Besides requests, latencies and model loads: how a version's calls are run (inference_runs_inline and the timed call
 that decided it, inference_call_seconds; chapter 06) and the requests shed when a version's queue is full
-(inference_shed_total: each was answered 503 with Retry-After), and the models whose config.json is refused
-(model_config_errors)."""
+(inference_shed_total: each was answered 503 with Retry-After), the models whose config.json is refused
+(model_config_errors), and, below the app, the connections closed by the limits on slow or greedy clients
+(http_connections_closed_total; connections.py)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,11 @@ class ServerMetrics:
                                        "estimate of accuracy before labels arrive", ["model"], registry=self.registry)
         self.versions_available = Gauge("model_versions_available", "Versions able to answer, by model", ["model"],
                                         registry=self.registry)
+        # incremented by the connection limits (connections.py), below the app: uvicorn's protocol is given this counter
+        self.connections_closed = Counter("http_connections_closed_total", "Connections the server closed because a "
+                                          "client passed a limit (too slow to send its headers or body, headers too "
+                                          "large, too many connections from its address), by reason", ["reason"],
+                                          registry=self.registry)
         self.versions_failed = Gauge("model_versions_failed", "Versions whose files failed to load (refused, or refused "
                                      "on reload while the copy loaded before keeps serving), by model",
                                      ["model"], registry=self.registry)
