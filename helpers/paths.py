@@ -15,6 +15,7 @@ MNIST_NPZ = DATA / "mnist.npz"
 REQUIREMENTS = ROOT / "requirements.txt"
 WEB = ROOT / "web"  # the browser demo (chapter 09)
 WEB_RUNTIME = WEB / "node_modules" / "onnxruntime-web" / "dist"  # installed by `make setup` with npm, not committed
+SWAGGER_UI = WEB / "node_modules" / "swagger-ui-dist"  # Swagger UI for the server's /docs page: the same way
 
 
 def artifacts() -> Path:

@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -15,6 +16,8 @@ import pytest
 from small_models import make_export, repository_of
 
 from helpers import browser, digits, export, paths
+from helpers.fixes import FIXES
+from helpers.serving import openapi
 from helpers.serving.process import running_server
 
 pytestmark = pytest.mark.integration  # starts real processes or trains and exports models
@@ -248,3 +251,42 @@ def test_page_without_its_runtime_says_so_and_answers_on_the_server(chromium, de
         assert answer is not None and answer["path"] == "server"
         status = page.evaluate("document.getElementById('status').textContent")
     assert "On-device path unavailable" in status
+
+
+# ---------------------------------------------------------------------------------------------- the server's /docs in Chromium
+
+
+@needs_browser
+@pytest.mark.skipif(not openapi.swagger_ui_installed(),
+                    reason=f"swagger-ui-dist is not installed in web/node_modules: {FIXES['swagger-ui'].fix}")
+def test_docs_renders_every_operation_with_nothing_from_beyond_the_server(chromium, demo_server):
+    """/docs in headless Chromium, every request to a host other than 127.0.0.1 refused and recorded: Swagger UI
+    renders one block per documented operation, from the server's own copy of its files."""
+    requested, refused = [], []
+
+    def only_the_server(route):
+        if urlsplit(route.request.url).hostname == "127.0.0.1":
+            route.continue_()
+        else:
+            refused.append(route.request.url)
+            route.abort()
+
+    def visit():
+        context = chromium.browser.new_context()
+        try:
+            context.route("**/*", only_the_server)
+            page = context.new_page()
+            page.set_default_timeout(30_000)
+            page.on("request", lambda request: requested.append(request.url))
+            page.goto(f"{demo_server.url}{openapi.DOCS_URL}")
+            page.wait_for_selector(".opblock")
+            return page.locator(".opblock").count(), page.locator(".opblock-summary-path").all_inner_texts()
+        finally:
+            context.close()
+
+    blocks, shown = chromium.call(visit)
+    doc = httpx.get(f"{demo_server.url}{openapi.OPENAPI_URL}", timeout=30).json()
+    documented = [(path, method) for path, item in doc["paths"].items() for method in item]
+    assert refused == [] and all(url.startswith(f"{demo_server.url}/") for url in requested), (refused, requested)
+    assert {f"{demo_server.url}{url}" for url in (openapi.SWAGGER_JS_URL, openapi.SWAGGER_CSS_URL)} <= set(requested)
+    assert blocks == len(documented) and "/v2/models/{model}/infer" in {p.replace("\u200b", "") for p in shown}

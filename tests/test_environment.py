@@ -84,7 +84,8 @@ def test_a_local_build_tag_is_the_same_release():
 
 
 def test_the_browser_runtime_is_pinned_exactly_and_locked():
-    """web/package.json pins ONNX Runtime Web with an exact version (no ^ or ~) and the lock file agrees with it."""
+    """web/package.json pins each npm dependency (ONNX Runtime Web, Swagger UI) with an exact version (no ^ or ~) and
+    the lock file agrees with it."""
     import json
 
     package = json.loads((paths.WEB / "package.json").read_text())

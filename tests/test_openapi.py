@@ -2,7 +2,8 @@
 transport, a fake backend put into the repository by hand, as in test_server_stress.py): the document is a sound
 OpenAPI 3.1 document; every route the server answers is documented and every documented operation is answered; every
 example succeeds and its answer matches the documented schema; the errors and the API key are as documented; /docs is
-Swagger UI reading /openapi.json."""
+Swagger UI reading /openapi.json, loading nothing but the server's own copy of its files, and says how to install them
+where they are missing."""
 
 import asyncio
 import re
@@ -14,6 +15,8 @@ import pytest
 from jsonschema import Draft202012Validator
 from starlette.routing import Match
 
+from helpers import paths
+from helpers.fixes import FIXES
 from helpers.serving import client as serving_client
 from helpers.serving import openapi
 from helpers.serving.app import Settings, create_app
@@ -130,6 +133,13 @@ def unserved_label(path: str, answer: httpx.Response) -> bool:
     return path in openapi.LABEL_PATHS and answer.status_code == 404
 
 
+def unserved_here(path: str, answer: httpx.Response) -> bool:
+    """A documented route this tree cannot answer 2xx: a label route not served yet, or Swagger UI's files where npm
+    did not install them (their documented 404)."""
+    return unserved_label(path, answer) or (path in (openapi.SWAGGER_JS_URL, openapi.SWAGGER_CSS_URL)
+                                            and not openapi.swagger_ui_installed() and answer.status_code == 404)
+
+
 def table(app) -> list:
     """The routes the server answers, as create_app built them: the fast routes, then the FastAPI app's."""
     return [*app.routes, *app.app.router.routes]
@@ -228,7 +238,7 @@ def uncovered(app, doc: dict) -> list[str]:
     async def probe(http):
         for method, path, op in operations(doc):
             answer = await http.request(method, concrete(doc, path, op), content=body_of(doc, op))
-            if unserved_label(path, answer):
+            if unserved_here(path, answer):
                 continue
             if not answer.is_success:
                 problems.append(f"{method.upper()} {path}: documented, answered {answer.status_code} {answer.text[:120]}")
@@ -389,13 +399,75 @@ def test_the_key_is_asked_exactly_where_the_document_says(serving):
 # --------------------------------------------------------------------------- (4) /docs
 
 
-def test_docs_is_swagger_ui_reading_the_document(serving):
+NOT_INSTALLED = f"swagger-ui-dist is not installed in web/node_modules: {FIXES['swagger-ui'].fix}"
+ATTRIBUTE = re.compile(r"""\b(?:src|href)\s*=\s*["']([^"']*)["']""", re.I)
+
+
+def links(page: str) -> list[str]:
+    """Every src and href in the page: what the browser loads (and the links a reader can follow)."""
+    return ATTRIBUTE.findall(page)
+
+
+def local(url: str) -> bool:
+    return not re.match(r"^(?:[a-z][a-z0-9+.-]*:)?//", url, re.I)  # no scheme://host, no //host: a path or data:
+
+
+def test_docs_is_swagger_ui_reading_the_document_from_the_servers_own_files(serving):
+    if not openapi.swagger_ui_installed():
+        pytest.skip(NOT_INSTALLED)
     app = serving(api_key=KEY)
 
     async def work(http):
-        return await http.get(openapi.DOCS_URL), await http.get(openapi.OPENAPI_URL)
+        page = await http.get(openapi.DOCS_URL)
+        return page, await http.get(openapi.OPENAPI_URL), {url: await http.get(url) for url in links(page.text)
+                                                           if url.startswith("/")}
 
-    page, doc = run(app, work)
+    page, doc, assets = run(app, work)
     assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
     assert "SwaggerUIBundle" in page.text and f"url: '{openapi.OPENAPI_URL}'" in page.text
     assert doc.status_code == 200 and doc.headers["content-type"] == "application/json"
+    assert not re.search(r"https?://", " ".join(links(page.text))) and all(map(local, links(page.text))), links(page.text)
+    assert set(assets) == {openapi.SWAGGER_JS_URL, openapi.SWAGGER_CSS_URL}  # and the favicon is data:, no request
+    for url, media_type in zip((openapi.SWAGGER_JS_URL, openapi.SWAGGER_CSS_URL), ("text/javascript", "text/css")):
+        answer = assets[url]
+        assert answer.status_code == 200 and answer.headers["content-type"].split(";")[0] == media_type, url
+        assert answer.content == (paths.SWAGGER_UI / url.rsplit("/", 1)[1]).read_bytes()  # the package's file, as is
+        check_answer(doc.json(), doc.json()["paths"][url]["get"], answer)
+    # the CSS draws its icons from data: URLs, the script is the whole of Swagger UI: nothing else to fetch
+    assert not re.search(r"url\(\s*(?!['\"]?data:)", assets[openapi.SWAGGER_CSS_URL].text)
+
+
+def test_the_assets_are_the_two_files_and_nothing_else_of_the_package(serving):
+    app = serving()
+    others = [f"{openapi.ASSETS_URL}/{name}" for name in (
+        "package.json", "index.html", "swagger-ui.js", "swagger-initializer.js", "swagger-ui-bundle.js.map",
+        "%2e%2e%2fpackage.json", "..%2f..%2fpackage.json", "")] + [f"{openapi.SWAGGER_JS_URL}/x"]
+
+    async def work(http):
+        return {url: await http.get(url) for url in others}
+
+    for url, answer in run(app, work).items():
+        assert answer.status_code == 404 and "error" in answer.json(), url
+
+
+def test_without_swagger_ui_docs_says_how_to_install_it(serving, monkeypatch, tmp_path):
+    """Where npm was absent at setup: /docs answers a page with the fix and the document's link, never a CDN's files;
+    the asset routes answer their documented 404 with the fix; the document still covers the server."""
+    monkeypatch.setattr(paths, "SWAGGER_UI", tmp_path / "not-installed")
+    assert not openapi.swagger_ui_installed()
+    app = serving()
+    doc = document(app)
+
+    async def work(http):
+        return await http.get(openapi.DOCS_URL), [await http.get(u) for u in (openapi.SWAGGER_JS_URL, openapi.SWAGGER_CSS_URL)]
+
+    page, assets = run(app, work)
+    assert page.status_code == 200 and page.headers["content-type"].startswith("text/html")
+    assert "Swagger UI is not installed" in page.text and "make setup" in page.text and "npm" in page.text
+    assert "<script" not in page.text and "SwaggerUIBundle" not in page.text
+    assert openapi.OPENAPI_URL in links(page.text) and all(map(local, links(page.text))), links(page.text)
+    check_answer(doc, doc["paths"][openapi.DOCS_URL]["get"], page)
+    for url, answer in zip((openapi.SWAGGER_JS_URL, openapi.SWAGGER_CSS_URL), assets):
+        assert answer.status_code == 404 and FIXES["swagger-ui"].fix in answer.json()["error"], url
+        check_answer(doc, doc["paths"][url]["get"], answer)
+    assert uncovered(app, doc) == []

@@ -8,7 +8,8 @@ module per protocol, each a `routes(server)` list:
     routes_tfserving   TensorFlow Serving REST: /v1/models/... status, metadata, :predict
     routes_repository  the model repository extension: /v2/repository/index, load, unload
     routes_ops         /metrics and the load-test floors /empty, /empty-route
-    openapi            /openapi.json, the OpenAPI document of every route here, and Swagger UI at /docs
+    openapi            /openapi.json, the OpenAPI document of every route here, and Swagger UI at /docs (its files
+                       from web/node_modules, never a CDN)
     demo               the browser demo under /demo/ (with Settings(demo=True))
     http               what they share: JSON answers, name and version checks, `route` and `counted`
 

@@ -7,10 +7,12 @@ Starlette routes (most of them fast routes that skip the framework: see app.Fast
 by hand, as plain JSON-schema dicts. It is built from the server's settings (the body limit and batch size in the
 descriptions, the demo's routes with --demo) and from nothing in the repository: it names no model the server holds.
 
-    GET /openapi.json   this document
-    GET /docs           Swagger UI, reading /openapi.json
+    GET /openapi.json                      this document
+    GET /docs                              Swagger UI, reading /openapi.json
+    GET /docs/assets/swagger-ui-bundle.js  Swagger UI's JavaScript and CSS, the only files the page loads, from
+    GET /docs/assets/swagger-ui.css        web/node_modules/swagger-ui-dist (installed by `make setup`, never a CDN)
 
-Both are open, even when the server has an API key. TF Serving, Triton and KServe keep model metadata behind their
+All are open, even when the server has an API key. TF Serving, Triton and KServe keep model metadata behind their
 authentication when it is on, and this server does too (GET /v2/models/<m>, /v1/models/<m>/metadata need the key):
 metadata tells which models exist and what they take. This document tells neither: it describes the two protocols,
 which are public specifications, plus this server's limits. And the page at /docs fetches it with a plain browser
@@ -18,10 +20,15 @@ request, before anyone can type a key into its Authorize button; behind the key 
 of the API. The operations themselves stay behind the key: the document marks them (`security`), and Swagger UI sends
 the key entered under Authorize with each of them.
 
-Offline: /openapi.json needs nothing beyond this module. The /docs page loads Swagger UI's JavaScript and CSS from a
-CDN (jsDelivr, the swagger-ui-dist npm package; FastAPI's default), because no package the course installs ships
-Swagger UI's files: without a network the page stays blank, and /openapi.json still works (read it, or open it in any
-OpenAPI tool).
+Offline: nothing here needs a network. /openapi.json needs nothing beyond this module. The /docs page loads Swagger
+UI's JavaScript and CSS from this server, not from a CDN (FastAPI's default is jsDelivr): they are the files of the
+swagger-ui-dist npm package, pinned in web/package.json beside the browser demo's runtime and installed by `make setup`
+(`npm ci --prefix web`; `make wheelhouse` carries them to an offline classroom), read from paths.SWAGGER_UI when asked
+for. Each is one route of its own, for that one file: no other file of the package, no way out of its folder.
+Everything else the page shows (icons, images) is inside those two files, and its favicon is empty (no request).
+Where npm was absent at setup, /docs still answers 200: a page that says Swagger UI is not installed, with the fix
+(helpers/fixes.py) and a link to /openapi.json; the two asset routes answer 404 with the same fix. Installing the
+package needs no restart: reload /docs.
 
 Where to look when the server changes: an operation is one entry of `operations()`; the shapes its bodies take are
 `SCHEMAS`; the errors it can answer are `ERRORS`, as Server.respond, Server.infer and RetryLater (app.py) produce
@@ -31,15 +38,18 @@ documented operation is answered, and every example succeeds and matches its res
 
 from __future__ import annotations
 
+import html
 from typing import TYPE_CHECKING
 
 import orjson
 from fastapi.openapi.docs import get_swagger_ui_html
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import Route
 
-from helpers.serving.http import SERVER_NAME, SERVER_VERSION, route
+from helpers import paths
+from helpers.fixes import FIXES, with_fix
+from helpers.serving.http import SERVER_NAME, SERVER_VERSION, json_response, route
 from helpers.serving.protocols import BINARY_HEADER, V2_DATATYPES
 from helpers.serving.repository import NAME, VERSION
 from helpers.serving.routes_v2 import EXTENSIONS
@@ -48,6 +58,12 @@ if TYPE_CHECKING:  # for the annotations only: app.py imports this module
     from helpers.serving.app import Server, Settings
 
 OPENAPI_URL, DOCS_URL = "/openapi.json", "/docs"
+TITLE = f"{SERVER_NAME} inference server"
+# Swagger UI's files the page loads, by name in paths.SWAGGER_UI, with their media types: one route each, nothing else
+SWAGGER_UI_FILES = {"swagger-ui-bundle.js": "text/javascript", "swagger-ui.css": "text/css"}
+ASSETS_URL = f"{DOCS_URL}/assets"
+SWAGGER_JS_URL, SWAGGER_CSS_URL = (f"{ASSETS_URL}/{name}" for name in SWAGGER_UI_FILES)
+MISSING_SWAGGER_UI = with_fix(FIXES["swagger-ui"].symptom, "swagger-ui")  # two lines: what is missing, the fix
 
 # TF Serving's version labels: `/labels/<label>` in place of `/versions/<v>`, a name an operator points at a version
 # (stable, canary). Kept in a list of their own: which labels exist is the repository's business, and the test of the
@@ -63,10 +79,40 @@ def routes(server: Server) -> list[Route]:
         return Response(document, media_type="application/json")
 
     async def docs(server: Server, request: Request) -> Response:
-        return get_swagger_ui_html(openapi_url=OPENAPI_URL, title=f"{SERVER_NAME} inference server",
-                                   swagger_favicon_url="data:,")  # no favicon: one request fewer to another site
+        if not swagger_ui_installed():
+            return HTMLResponse(not_installed_page())
+        return get_swagger_ui_html(openapi_url=OPENAPI_URL, title=TITLE, swagger_js_url=SWAGGER_JS_URL,
+                                   swagger_css_url=SWAGGER_CSS_URL,
+                                   swagger_favicon_url="data:,",  # no favicon: no request for one anywhere
+                                   swagger_ui_parameters={"validatorUrl": None})  # no badge from validator.swagger.io
 
-    return [route(server, "GET", OPENAPI_URL, openapi_json), route(server, "GET", DOCS_URL, docs)]
+    def asset(name: str, media_type: str):
+        async def swagger_ui_file(server: Server, request: Request) -> Response:
+            file = paths.SWAGGER_UI / name  # looked up now: installing the package needs no restart
+            if not file.is_file():
+                return json_response({"error": MISSING_SWAGGER_UI}, 404)
+            # no-cache: revalidated (a 304 when unchanged), since the URL stays the same when the pinned version changes
+            return FileResponse(file, media_type=media_type, headers={"Cache-Control": "no-cache"})
+
+        return swagger_ui_file
+
+    return [route(server, "GET", OPENAPI_URL, openapi_json), route(server, "GET", DOCS_URL, docs),
+            *[route(server, "GET", f"{ASSETS_URL}/{name}", asset(name, media_type))
+              for name, media_type in SWAGGER_UI_FILES.items()]]
+
+
+def swagger_ui_installed() -> bool:
+    return all((paths.SWAGGER_UI / name).is_file() for name in SWAGGER_UI_FILES)
+
+
+def not_installed_page() -> str:
+    """/docs without Swagger UI's files: what is missing, the fix, and the document itself, with nothing to load."""
+    lines = "".join(f"<p>{html.escape(line)}</p>" for line in MISSING_SWAGGER_UI.splitlines())
+    return (f'<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>{html.escape(TITLE)}</title>'
+            '<link rel="icon" href="data:,"></head><body>'
+            f"<h1>{html.escape(TITLE)}: Swagger UI is not installed</h1>{lines}"
+            f'<p>The OpenAPI document works without it: <a href="{OPENAPI_URL}">{OPENAPI_URL}</a> (read it, or open it '
+            "in any OpenAPI tool).</p></body></html>")
 
 
 # --------------------------------------------------------------------------- JSON schemas: building blocks
@@ -311,7 +357,14 @@ def operations(settings: Settings) -> list[tuple[str, str, dict]]:
         ("get", OPENAPI_URL, operation("openapi", "documentation", "This OpenAPI document",
                                        ok("the document", {"type": "object"}), secured=False)),
         ("get", DOCS_URL, operation("docs", "documentation", "Swagger UI for this document",
-                                    ok("the page", STRING, "text/html"), secured=False)),
+                                    ok("the page (without Swagger UI installed: a page that says so, with the fix)",
+                                       STRING, "text/html"), secured=False)),
+        *[("get", url, operation(op_id, "documentation", f"Swagger UI's {what}, for /docs (from swagger-ui-dist)", {
+            **ok("the file", STRING, media_type),
+            "404": error("Swagger UI is not installed in web/node_modules (the error says how to install it).")},
+            secured=False))
+          for url, op_id, what, media_type in ((SWAGGER_JS_URL, "docsJavaScript", "JavaScript", "text/javascript"),
+                                               (SWAGGER_CSS_URL, "docsCss", "CSS", "text/css"))],
     ]
     if settings.demo:
         ops += demo_operations()
@@ -384,12 +437,12 @@ def demo_operations() -> list[tuple[str, str, dict]]:
 
 
 def build(settings: Settings) -> dict:
-    paths: dict[str, dict] = {}
+    items: dict[str, dict] = {}  # path -> its operations ("paths" is the module of where files live)
     for method, path, op in operations(settings):
-        paths.setdefault(path, {})[method] = op
+        items.setdefault(path, {})[method] = op
     return {
         "openapi": "3.1.0",
-        "info": {"title": f"{SERVER_NAME} inference server", "version": SERVER_VERSION,
+        "info": {"title": TITLE, "version": SERVER_VERSION,
                  "description": "TensorFlow Serving's REST API and the Open Inference Protocol (KServe v2) for the "
                                 "course's models. With an API key set, the operations marked with a lock need it "
                                 "(Authorization: Bearer <key>, or X-API-Key: <key>); health, server metadata, "
@@ -399,7 +452,7 @@ def build(settings: Settings) -> dict:
                  {"name": "repository", "description": "model repository extension (operators)"},
                  {"name": "operations", "description": "metrics and load-test floors"},
                  {"name": "documentation"}, *([{"name": "demo", "description": "the browser demo"}] if settings.demo else [])],
-        "paths": paths,
+        "paths": items,
         "components": {
             "schemas": SCHEMAS,
             "examples": EXAMPLES,
