@@ -292,3 +292,17 @@ def test_unbatched_calls_in_the_pool_are_bounded():
     finally:
         gate.release()
     assert [float(y[0, 0]) for y in results] == [2, 4]
+
+
+def test_one_slow_first_timing_does_not_send_a_fast_model_to_the_pool():
+    # the first call is slow (a cold start, a page fault, another process starting): the fastest timing decides
+    calls_made = []
+
+    def model(x):
+        calls_made.append(1)
+        if len(calls_made) == 1:
+            time.sleep(0.012)  # over LOOP_TIMING_LIMIT_S: alone, it would look like a slow model
+        return x * 2
+
+    calls, _ = planned(model)
+    assert calls.inline and calls.call_s < 100e-6

@@ -464,3 +464,25 @@ def test_unpinned_and_pinned_errors_still_read_as_before(exports, tmp_path):
     repository.scan()
     with pytest.raises(VersionNotReady, match="version 2 is not available"):
         repository.get("mnist", 2)
+
+
+def test_the_config_route_shows_the_config_in_force_and_a_refused_files_error(exports, tmp_path):
+    root = repository_with(tmp_path, {1: exports.v1}, {"max_queue": 8, "version_labels": {"stable": 1}})
+    app, server = app_over(root, batch_max_delay_ms=3)
+
+    async def main():
+        async with client(app) as http:
+            applied = (await http.get("/v2/models/mnist/config")).json()
+            write_config(root, {"batching": {"enabled": True, "max_delay_ms": 7}, "max_qeue": 4})  # a typo: refused
+            await asyncio.to_thread(server.repository.scan)
+            refused = (await http.get("/v2/models/mnist/config")).json()
+            unknown = await http.get("/v2/models/fashion/config")
+        await close(server)
+        return applied, refused, unknown
+
+    applied, refused, unknown = asyncio.run(main())
+    assert applied["file"].endswith("config.json") and applied["error"] == "" and applied["max_queue"] == 8
+    assert applied["batching"] == {"enabled": False, "max_batch_size": 32, "max_delay_ms": 3}  # the server's settings
+    assert applied["version_labels"] == {"stable": 1} and applied["version_policy"] == "all"
+    assert "max_qeue" in refused["error"] and refused["max_queue"] == 8 and refused["batching"]["enabled"] is False
+    assert unknown.status_code == 404

@@ -62,7 +62,7 @@ class Settings:
     request_timeout_s: float = 10.0  # for a request waiting for its model: in a batch queue or the thread pool
     max_queue: int = 256  # requests waiting per model version (in its batch queue, or unbatched calls in the thread
     # pool); one more is answered 503 with Retry-After at once (0: no limit)
-    inline_below_us: float = 100.0  # without batching, a model whose one-row call is faster runs on the event loop
+    inline_below_us: float = 200.0  # without batching, a model whose one-row call is faster runs on the event loop
     batching: bool = False
     batch_max_size: int = 32  # rows per runtime call when batching
     batch_max_delay_ms: float = 2.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import orjson
 
@@ -37,6 +39,16 @@ class ServingClient:
         answer.raise_for_status()
         return {tuple(sorted(sample.labels.items())): sample.value
                 for family in text_string_to_metric_families(answer.text) for sample in family.samples if sample.name == name}
+
+    def wait_for_config(self, model: str, sha256: str | None, timeout_s: float = 30.0) -> dict:
+        """The model's configuration in force, once the server has read the config.json whose sha256 is given (None:
+        once it has seen the file deleted), from GET /v2/models/<model>/config. The server reads it on its next scan."""
+        deadline = time.monotonic() + timeout_s
+        while (config := self.get(f"/v2/models/{model}/config"))["sha256"] != sha256:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the server did not apply {model}'s config.json within {timeout_s} s: it reports {config}")
+            time.sleep(0.05)
+        return config
 
     def predict(self, model: str, x: np.ndarray, version: int | None = None, columnar: bool = False) -> np.ndarray:
         """TF Serving REST :predict, row format (`instances`) or columnar (`inputs`)."""

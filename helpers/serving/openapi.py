@@ -207,7 +207,17 @@ SCHEMAS = {
                              "metadata": obj({"signature_def": {"type": "object", "description":
                                               "TF Serving's SignatureDefMap: serving_default's inputs and outputs"}},
                                              ["signature_def"])}, ["model_spec", "metadata"]),
-    # ----- model repository extension
+    # ----- model repository and model configuration extensions
+    "ModelConfig": obj({"name": STRING, "file": NULLABLE_STRING, "error": STRING,
+                        "sha256": {**NULLABLE_STRING, "description": "of the config.json last read (applied or refused)"},
+                        "version_policy": {"type": "string", "description": "all, latest N or specific [versions]"},
+                        "version_labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        "batching": obj({"enabled": BOOLEAN, "max_batch_size": {"type": "integer"},
+                                         "max_delay_ms": NUMBER}, ["enabled", "max_batch_size", "max_delay_ms"]),
+                        "max_queue": {"type": "integer", "description": "0: no bound"}},
+                       ["name", "file", "error", "sha256", "version_policy", "version_labels", "batching", "max_queue"],
+                       "The configuration in force: the model's config.json (null: none) with the server's settings "
+                       "filled in; `error` is why a newer config.json was refused (the one in force stays)."),
     "RepositoryIndex": array(obj({"name": STRING, "version": STRING, "state": {"type": "string", "description":
                                   "READY, or why not (e.g. UNAVAILABLE)"}, "reason": NULLABLE_STRING},
                                  ["name", "version", "state", "reason"])),
@@ -347,8 +357,11 @@ def operations(settings: Settings) -> list[tuple[str, str, dict]]:
             params=("model",))) for action, summary in (
             ("load", "(Re)scan a model's folder and serve its versions"),
             ("unload", "Stop serving a model, until it is loaded again"))],
+        ("get", "/v2/models/{model}/config", operation(
+            "v2ModelConfig", "repository", "The model's configuration in force (its config.json, applied)",
+            ok("the configuration", ref("ModelConfig")), ["400", "404"], params=("model",))),
         ("get", "/metrics", operation("metrics", "operations", "Prometheus metrics (text exposition format)",
-                                      ok("the metrics", STRING, "text/plain"), secured=False)),
+                                      ok("the metrics", STRING, "text/plain"), secured=settings.metrics_need_key)),
         *[("post", path, operation(op_id, "operations", summary, ok("nothing", ref("Empty")), ["413"],
                                    body={"*/*": {"schema": {}}}, body_required=False))
           for path, op_id, summary in (

@@ -25,7 +25,10 @@ every version's status. A version the policy drops keeps serving while no versio
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
+import os
 import re
 import shutil
 import threading
@@ -407,3 +410,18 @@ def publish(source: Path, root: Path, model: str, version: int) -> Path:
     staging.rename(final)
     shutil.rmtree(old, ignore_errors=True)
     return final
+
+
+def write_config(root: Path, model: str, document: dict | None) -> str | None:
+    """Write `<root>/<model>/config.json` (None: delete it) in one step, as the watcher must see it: a scan that read a
+    half-written file would refuse it. Returns the sha256 of what was written, which the server's
+    GET /v2/models/<model>/config reports once it has read the file (None once it has seen it deleted)."""
+    path = Path(root) / model / CONFIG
+    if document is None:
+        path.unlink(missing_ok=True)
+        return None
+    raw = (json.dumps(document, indent=2) + "\n").encode()
+    staging = path.with_name(f".{CONFIG}.staging")
+    staging.write_bytes(raw)
+    os.replace(staging, path)
+    return hashlib.sha256(raw).hexdigest()

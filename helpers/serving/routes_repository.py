@@ -4,6 +4,9 @@ triton-inference-server/server (listed as `model_repository` in GET /v2's extens
 
     POST /v2/repository/index                          every version: name, version, state (READY, ...), reason
     POST /v2/repository/models/<m>/load | /unload      (re)scan the model's folder and serve it, or stop serving it
+    GET  /v2/models/<m>/config                         the configuration in force: its config.json (model_config.py)
+                                                       with the server's settings filled in, and a refused file's error
+                                                       (Triton's model configuration extension, in this server's terms)
 
 Behind the API key like inference: unloading a model is an outage. None of them holds up the event loop: an unload
 answers at once even while the watcher is loading that model (it drops what it loaded), a load runs in a worker thread.
@@ -12,6 +15,7 @@ answers at once even while the watcher is loading that model (it drops what it l
 from __future__ import annotations
 
 import asyncio
+import hashlib
 from typing import TYPE_CHECKING
 
 from starlette.requests import Request
@@ -20,7 +24,7 @@ from starlette.routing import Route
 
 from helpers.serving.http import check_model_name, counted, json_response
 from helpers.serving.protocols import RequestError
-from helpers.serving.repository import ModelNotFound
+from helpers.serving.repository import ModelNotFound, config_of
 
 if TYPE_CHECKING:  # for the annotations only: app.py imports this module
     from helpers.serving.app import Server
@@ -32,7 +36,8 @@ TRITON_STATES = {"AVAILABLE": "READY", "END": "UNAVAILABLE"}
 
 def routes(server: Server) -> list[Route]:
     return [counted(server, "repository", "POST", "/v2/repository/index", index),
-            counted(server, "repository", "POST", "/v2/repository/models/{model}/{action}", load_or_unload)]
+            counted(server, "repository", "POST", "/v2/repository/models/{model}/{action}", load_or_unload),
+            counted(server, "v2_config", "GET", "/v2/models/{model}/config", model_config)]
 
 
 async def index(server: Server, request: Request, labels: dict) -> Response:
@@ -62,3 +67,22 @@ async def load_or_unload(server: Server, request: Request, labels: dict) -> Resp
     except ModelNotFound as error:
         raise RequestError(404, str(error)) from None
     return json_response({})
+
+
+async def model_config(server: Server, request: Request, labels: dict) -> Response:
+    """What the model's versions are served with now: after a config.json is written, this changes once the server has
+    applied it (on its next scan), which is how a client knows."""
+    server.authorize(request)
+    model = labels["model"] = check_model_name(request.path_params["model"])
+    versions = server.repository.snapshot().get(model)
+    if versions is None:
+        raise RequestError(404, f"no model '{model}' in the repository")
+    config = config_of(versions)
+    calls = config.calls.effective(server.settings)
+    raw = getattr(versions, "config_raw", None)  # the bytes of the file last read, applied or refused
+    return json_response({"name": model, "file": config.path or None, "error": getattr(versions, "config_error", ""),
+                          "sha256": None if raw is None else hashlib.sha256(raw).hexdigest(),
+                          "version_policy": str(config.policy), "version_labels": config.labels,
+                          "batching": {"enabled": calls.batching, "max_batch_size": calls.max_batch_size,
+                                       "max_delay_ms": calls.max_delay_ms},
+                          "max_queue": calls.max_queue})

@@ -37,7 +37,7 @@ from helpers.serving.protocols import RequestError
 if TYPE_CHECKING:  # for the annotations only: app.py imports this module
     from helpers.serving.app import Server
 
-EXTENSIONS = ["binary_tensor_data", "model_repository"]  # the second is routes_repository
+EXTENSIONS = ["binary_tensor_data", "model_repository", "model_configuration"]  # the last two: routes_repository
 
 
 def routes(server: Server) -> list[Route]:
