@@ -268,6 +268,15 @@ def current_export(fmt: str, name: str, version: int, card: dict, build) -> Path
     return build()
 
 
+def record_accuracy(directory: Path, accuracy: float, images: int, dataset: str = "MNIST test") -> Path:
+    """Write the export's own measured accuracy into its manifest (`measured`, with a new manifest checksum): the
+    source card's accuracy describes the model before export, not what this file scores."""
+    fields = {k: v for k, v in verify_manifest(directory).items() if k != "files"}
+    fields["measured"] = {"accuracy": float(accuracy), "images": int(images), "dataset": dataset}
+    write_manifest(directory, **fields)
+    return Path(directory)
+
+
 def torch_predictor(module):
     """predict(float NCHW images) -> NumPy logits, for an eager, TorchScript, lite-interpreter or pt2e module."""
     import torch

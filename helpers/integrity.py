@@ -261,6 +261,12 @@ def check_drift_reference(value, files) -> list[str]:
     return problems
 
 
+def is_measured(value) -> bool:
+    """The export's own test result: {"accuracy": in [0, 1], "images": how many, "dataset": which}."""
+    return (isinstance(value, dict) and set(value) == {"accuracy", "images", "dataset"} and is_number(value["accuracy"])
+            and 0 <= value["accuracy"] <= 1 and is_int(value["images"], 1) and is_text(value["dataset"]))
+
+
 # field: (required, check, what it must be)
 MANIFEST_FIELDS = {
     "format": (True, lambda v: v in FORMATS, f"one of {', '.join(FORMATS)}"),
@@ -274,6 +280,9 @@ MANIFEST_FIELDS = {
     "delegate": (False, is_text, "a string"),
     "quantization": (False, lambda v: is_text(v) or isinstance(v, dict), "a string or an object"),
     "calibration_images": (False, lambda v: is_int(v, 0), "a non-negative integer"),
+    # the export's own accuracy, measured on the export itself: the source card's is the model's before export, which
+    # an export can lose (a quantization calibrated on unscaled pixels keeps its parent's card and scores 10 %)
+    "measured": (False, is_measured, 'an object {"accuracy": 0..1, "images": count, "dataset": name}'),
 }
 
 

@@ -146,6 +146,8 @@ BROKEN = {
     "a drift reference that is not listed": ({"drift_reference": {"file": "other.npy", "rows": 300, "of": "softmax"}},
                                              "'files' does not list"),
     "a SavedModel without signatures": ({"format": "savedmodel"}, "'signatures'"),
+    "an accuracy above 1": ({"measured": {"accuracy": 98.6, "images": 10000, "dataset": "MNIST test"}}, "'measured'"),
+    "an accuracy with no image count": ({"measured": {"accuracy": 0.98, "dataset": "MNIST test"}}, "'measured'"),
 }
 
 
@@ -208,6 +210,18 @@ def test_a_drift_reference_rewrites_the_manifest_with_a_new_checksum_and_keeps_v
     manifest = integrity.verify_manifest(directory)
     assert manifest["drift_reference"] == {"file": DRIFT_REFERENCE, "rows": 50, "of": "softmax of the model's outputs"}
     assert DRIFT_REFERENCE in manifest["files"] and manifest["preprocessing"] == complete_fields()["preprocessing"]
+
+
+def test_an_exports_own_accuracy_is_recorded_beside_its_parents_and_checked(tmp_path):
+    directory = written(tmp_path / "v", **complete_fields())
+    export.record_accuracy(directory, 0.098, 10000)  # an export that lost what its source model had
+    manifest = integrity.verify_manifest(directory)
+    assert manifest["measured"] == {"accuracy": 0.098, "images": 10000, "dataset": "MNIST test"}
+    assert manifest["source_card"]["test_accuracy"] == 0.5 and manifest["files"] == {
+        "model.onnx": integrity.verify_manifest(written(tmp_path / "w", **complete_fields()))["files"]["model.onnx"]}
+    text = (directory / MANIFEST).read_text().replace('"accuracy": 0.098', '"accuracy": 0.986')  # a better score typed in
+    (directory / MANIFEST).write_text(text)
+    refused(directory, "was edited since it was written")
 
 
 def test_every_format_writes_a_preprocessing_contract_that_validates():
