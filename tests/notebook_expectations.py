@@ -118,6 +118,12 @@ EXPECTATIONS = {
         "onnx_vs_flask": (">=", 20, "load tests"),
         "savedmodel_batching_gain": (">=", 1.5, "load tests"),
         "onnx_binary_floor_fraction": (">=", 0.25, "load tests"),
+        # overload: the bounded queue shed some requests (each 503 with Retry-After, asserted in the notebook)
+        "overload_shed_share": (">", 0),
+        # the per-model config: latest 1 unloaded version 1, so a request pinned to it is refused
+        "config_policy_pinned_status": ("==", 404),
+        # a client that announced a body and sent none was answered 408 and closed after the 1 s body timeout
+        "stalled_upload_closed_after_s": ("<", 5),
     },
     "07_monitoring": {
         # the best detector finds every harmful shift at window 50 even with the smoke model, and holds its level
