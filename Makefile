@@ -1,6 +1,7 @@
 # The course's commands. Each one sets up what it needs first, and re-running skips what is done.
 #   make course   set up, fetch MNIST, execute every chapter (full mode) -> build/course/index.html
 #   make test     set up, fetch MNIST, lint (ruff, import layers), run the unit tests + every notebook in smoke mode
+#   make soak     set up, run the server's soak test with faults for 5 minutes per mode (make test runs it for 15 s)
 #   make lab      set up, open JupyterLab on notebooks/ with the course kernel
 #   make doctor   check this machine against what the course needs (before a workshop); exits 1 if a chapter cannot run
 #   make wheelhouse  download every pinned wheel into build/wheelhouse/ (PLATFORM=... for another machine's)
@@ -64,7 +65,7 @@ $(STAMP): python-changed
 endif
 endif
 
-.PHONY: help setup data lab course test demo doctor wheelhouse site student strip clean distclean
+.PHONY: help setup data lab course test soak demo doctor wheelhouse site student strip clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -137,6 +138,11 @@ test: data
 	$(VENV)/bin/ruff check --quiet .
 	$(VENV)/bin/lint-imports --no-cache >/dev/null || $(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -m "not platforms"
+
+# the soak test of tests/test_soak.py, longer: SOAK_SECONDS per mode (batching off, then on)
+SOAK_SECONDS := 300
+soak: data
+	COURSE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -s tests/test_soak.py
 
 demo: data
 	$(PY) -m helpers.demo $(if $(PORT),--port $(PORT))
