@@ -132,13 +132,14 @@ class Gate:
         self.open.set()
 
 
-async def until(condition, steps=1000):
-    """Let the event loop run, one step at a time, until `condition()` holds: no sleeping, no timing."""
-    for _ in range(steps):
-        if condition():
-            return
-        await asyncio.sleep(0)
-    raise AssertionError("the condition never held")
+async def until(condition, timeout_s: float = 30.0):
+    """Let the event loop run until `condition()` holds, checking every millisecond: a wait bounded for a hang, not a
+    measurement (threads in the pool, such as the timing calls of DirectCalls.plan, take their own time)."""
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the condition never held within {timeout_s} s")
+        await asyncio.sleep(0.001)
 
 
 async def until_called(gate: Gate):
@@ -271,7 +272,7 @@ def test_an_uncertain_timing_in_a_thread_is_settled_on_the_event_loop():
         return x * 2
 
     calls, _ = planned(model)
-    assert calls.inline and calls.call_s < 100e-6
+    assert calls.inline and calls.call_s < calls.inline_below_s
 
 
 def test_unbatched_calls_in_the_pool_are_bounded():
@@ -305,4 +306,4 @@ def test_one_slow_first_timing_does_not_send_a_fast_model_to_the_pool():
         return x * 2
 
     calls, _ = planned(model)
-    assert calls.inline and calls.call_s < 100e-6
+    assert calls.inline and calls.call_s < calls.inline_below_s
