@@ -17,8 +17,8 @@ import httpx
 import numpy as np
 import orjson
 import pytest
+from metrics_text import metric
 from prometheus_client import CollectorRegistry, Counter
-from prometheus_client.parser import text_string_to_metric_families
 
 from helpers.serving.connections import ConnectionGuard, ConnectionLimits, PerClientCount, ThrottledLog
 
@@ -69,14 +69,6 @@ def serve(repository, **options):
 
 def port_of(server) -> int:
     return int(server.url.rsplit(":", 1)[1])
-
-
-def metric(text: str, name: str, **labels) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def closed_by(server, reason: str) -> float:

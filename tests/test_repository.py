@@ -18,7 +18,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_text import metric
 from small_models import make_export, repository_of
 
 from helpers.serving import protocols
@@ -267,14 +267,6 @@ def test_a_snapshot_is_never_changed_by_later_scans_or_unloads(exports, root):
 
 
 # --------------------------------------------------------------------------- the app, through ASGI, with slow loads
-
-
-def metric(text: str, name: str, **labels) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 async def wait_until(condition, timeout_s: float = 30.0) -> None:

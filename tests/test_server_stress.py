@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_text import metric
 
 from helpers.serving import client as serving_client
 from helpers.serving.app import Settings, create_app
@@ -73,14 +73,6 @@ async def infer(http: httpx.AsyncClient, x=X) -> tuple[httpx.Response, float]:
 def outputs(answer: httpx.Response) -> np.ndarray:
     (tensor,) = answer.json()["outputs"]
     return np.reshape(tensor["data"], tensor["shape"])
-
-
-def metric(text: str, name: str, **labels) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 async def health_latencies_while(work: asyncio.Future, http: httpx.AsyncClient) -> list[float]:

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import orjson
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
+from metrics_text import metric
 from small_models import make_export, repository_of
 
 from helpers.serving import client as serving_client
@@ -190,14 +190,6 @@ def test_a_bad_request_gets_a_json_4xx_and_the_server_keeps_serving(http, reposi
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def metric(text: str, name: str, **labels) -> float:
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                return sample.value
-    return 0.0
 
 
 def test_metrics_count_requests_and_model_loads(http):
