@@ -1,16 +1,20 @@
 # The course's commands. Each one sets up what it needs first, and re-running skips what is done.
+#   make learn    set up, copy the exercises (no solutions) into workspace/ once, open JupyterLab there: learners start here
+#                 (your work in workspace/ is never overwritten; REFRESH=03 or REFRESH=all starts afresh, with a backup)
+#   make setup    create .venv with the pinned packages, the course kernel and the system programs apt-get can install
+#   make data     set up, fetch MNIST into data/ and verify it (says why each source failed)
 #   make course   set up, fetch MNIST, execute every chapter (full mode) -> build/course/index.html
 #   make test     set up, fetch MNIST, lint (ruff, import layers), run the unit tests + every notebook in smoke mode
 #   make soak     set up, run the server's soak test with faults for 5 minutes per mode (make test runs it for 15 s)
-#   make lab      set up, open JupyterLab on notebooks/ with the course kernel
+#   make lab      set up, open JupyterLab on notebooks/ (the instructor's copy with solutions; saved without outputs)
 #   make doctor   check this machine against what the course needs (before a workshop); exits 1 if a chapter cannot run
 #   make wheelhouse  download every pinned wheel into build/wheelhouse/ (PLATFORM=... for another machine's)
 #   make site     build/site/: the executed course as a static site with a table of contents (after make course)
-#   make demo     set up, start the server with the draw-a-digit page (chapter 09) on 127.0.0.1
+#   make demo     set up, start the server with the draw-a-digit page (chapter 09) on 127.0.0.1 (PORT=8501 moves it)
 #   make student  write build/student/: the notebooks with solutions replaced by stubs
 #   make strip    clear outputs from notebooks/ before committing (the tests refuse committed outputs)
 #   make clean    delete build/ (but its wheelhouse) and artifacts/ (distclean: also .venv, data/mnist.npz, the wheelhouse)
-# Offline classroom: make setup OFFLINE=1 WHEELHOUSE=path installs from a wheelhouse with no network at all.
+#   OFFLINE=1 WHEELHOUSE=path   with setup (or any command above): install from a wheelhouse, with no network at all
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 
@@ -65,7 +69,7 @@ $(STAMP): python-changed
 endif
 endif
 
-.PHONY: help setup data lab course test soak demo doctor wheelhouse site student strip clean distclean
+.PHONY: help setup data learn lab course test soak demo doctor wheelhouse site student strip clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -127,8 +131,17 @@ $(STAMP): $(REQUIREMENTS) pyproject.toml Makefile web/package-lock.json course_t
 data: setup
 	$(PY) -m helpers.data
 
+# JupyterLab with the course's server settings (course_tools/jupyter_server_config.py: nothing saved into notebooks/
+# keeps its outputs); as root (a container) it needs --allow-root
+JUPYTER_LAB = $(VENV)/bin/jupyter lab --config=course_tools/jupyter_server_config.py $(if $(filter 0,$(shell id -u)),--allow-root)
+REFRESH :=
+
+learn: data
+	$(PY) -m course_tools.workspace $(if $(REFRESH),--refresh $(REFRESH))
+	$(JUPYTER_LAB) --notebook-dir=workspace
+
 lab: data
-	$(VENV)/bin/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root)
+	$(JUPYTER_LAB) --notebook-dir=notebooks
 
 course: data
 	$(PY) -m course_tools.course

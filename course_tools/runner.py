@@ -16,6 +16,11 @@ import psutil
 
 from course_tools import KERNEL as KERNEL_NAME
 from helpers.progress import TEXT_MODE_VARIABLE
+from helpers.report import RECORDED_RUN_VARIABLE
+
+# what the kernel inherits from the runner: text progress bars in executed copies, and figures recorded where the
+# course build keeps them (a chapter run by hand in JupyterLab records apart)
+RUN_ENVIRONMENT = {TEXT_MODE_VARIABLE: "1", RECORDED_RUN_VARIABLE: "1"}
 
 
 @dataclass
@@ -88,8 +93,8 @@ def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900
 
     require_kernel()
     output.parent.mkdir(parents=True, exist_ok=True)
-    previous_mode = os.environ.get(TEXT_MODE_VARIABLE)
-    os.environ[TEXT_MODE_VARIABLE] = "1"  # the kernel inherits it: text progress bars in executed copies
+    previous = {name: os.environ.get(name) for name in RUN_ENVIRONMENT}
+    os.environ.update(RUN_ENVIRONMENT)
     start = time.perf_counter()
     error = None
     with PeakMemory() as memory:
@@ -108,8 +113,9 @@ def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900
         except Exception as exc:  # a cell timeout, a dead kernel (out of memory): reported, never fatal to the caller
             error = f"{type(exc).__name__}: {exc}"
         finally:
-            if previous_mode is None:
-                os.environ.pop(TEXT_MODE_VARIABLE, None)
-            else:
-                os.environ[TEXT_MODE_VARIABLE] = previous_mode
+            for name, value in previous.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
     return RunResult(notebook.stem, time.perf_counter() - start, memory.peak_bytes / 2**20, error)

@@ -210,8 +210,9 @@ def ensure_mnist(path: Path = paths.MNIST_NPZ, sources: list[Source] | None = No
         try:
             mnist = fetch()
             verify(mnist)
-        except Exception as exc:  # every failure is reported below, none is hidden
+        except Exception as exc:  # every failure is said at once, and again in the error if no source works
             failures.append(f"- {name}: {type(exc).__name__}: {exc}")
+            log(f"  failed: {type(exc).__name__}: {exc}")
             continue
         write_cache(mnist, path)
         log(f"MNIST verified and cached at {path}")

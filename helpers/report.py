@@ -10,12 +10,17 @@ A part that runs only where a program is installed records whether it runs, and 
     have_wrk = report.part("load tests", runs=loadgen.available(), because="wrk is not installed (apt-get install wrk)")
 
 The notebook's output says so, and the test suite reports every skipped part, with its reason, as a skipped test.
+
+Only a run of the course's runner (`make course`, `make test`; it sets COURSE_RECORDED_RUN) writes the record above.
+A chapter run by hand in JupyterLab writes `artifacts/metrics/interactive/<notebook>.json` instead, so opening a chapter
+never wipes the figures `make course` measured (the index, the site and the tests read those).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 
@@ -23,9 +28,18 @@ import numpy as np
 
 from helpers import paths
 
+RECORDED_RUN_VARIABLE = "COURSE_RECORDED_RUN"  # set by course_tools.runner for the runs whose figures are kept
 
-def metrics_path(notebook: str) -> Path:
-    return paths.metrics_dir() / f"{notebook}.json"
+
+def is_recorded_run() -> bool:
+    """True when the course's runner executes this notebook (make course, make test), False in JupyterLab."""
+    return os.environ.get(RECORDED_RUN_VARIABLE) == "1"
+
+
+def metrics_path(notebook: str, interactive: bool = False) -> Path:
+    """The record of `notebook`: the runner's, or (`interactive`) the one a run by hand keeps apart."""
+    folder = paths.metrics_dir() / "interactive" if interactive else paths.metrics_dir()
+    return folder / f"{notebook}.json"
 
 
 def to_json_value(value):
@@ -47,7 +61,8 @@ def to_json_value(value):
 
 class Report:
     def __init__(self, notebook: str, smoke: bool):
-        self.path = metrics_path(notebook)
+        self.interactive = not is_recorded_run()
+        self.path = metrics_path(notebook, interactive=self.interactive)
         self.data = {"notebook": notebook, "smoke": bool(smoke), "started_at": time.time(), "metrics": {}, "parts": {}}
         self._write()
 
@@ -91,10 +106,11 @@ def start(notebook: str, smoke: bool) -> Report:
     return Report(notebook, smoke)
 
 
-def load(notebook: str) -> dict:
-    """What `notebook` recorded: {"notebook", "smoke", "started_at", "metrics", "parts"}; "parts" maps each optional
+def load(notebook: str, interactive: bool = False) -> dict:
+    """What `notebook` recorded in the runner's last run (`interactive`: in the last run by hand): {"notebook", "smoke",
+    "started_at", "metrics", "parts"}; "parts" maps each optional
     part to {"ran": True} or {"ran": False, "because": why}."""
-    path = metrics_path(notebook)
+    path = metrics_path(notebook, interactive)
     if not path.exists():
         raise FileNotFoundError(f"{notebook} recorded no metrics ({path} does not exist)")
     recorded = json.loads(path.read_text())

@@ -41,6 +41,17 @@ def test_a_tampered_pixel_is_caught_by_its_hash(tmp_path, real_mnist):
         data.read_cache(cache)
 
 
+def test_a_source_that_fails_says_why_before_the_next_is_tried(tmp_path, real_mnist):
+    def offline():
+        raise OSError("Network is unreachable")
+
+    messages = []
+    data.ensure_mnist(tmp_path / "mnist.npz", sources=[("source A", offline), ("source B", lambda: real_mnist)],
+                      log=messages.append)
+    assert messages[:3] == ["Fetching MNIST from source A ...", "  failed: OSError: Network is unreachable",
+                            "Fetching MNIST from source B ..."]
+
+
 def test_wrong_label_counts_are_named():
     fake = Mnist(
         np.zeros((60000, 28, 28), np.uint8), np.zeros(60000, np.uint8), np.zeros((10000, 28, 28), np.uint8), np.zeros(10000, np.uint8)

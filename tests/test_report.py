@@ -8,6 +8,12 @@ from helpers import report
 pytestmark = pytest.mark.usefixtures("artifacts_in_tmp")
 
 
+@pytest.fixture(autouse=True)
+def recorded_run(monkeypatch):
+    """These tests record as the course's runner does (make course, make test); the last one runs as JupyterLab does."""
+    monkeypatch.setenv(report.RECORDED_RUN_VARIABLE, "1")
+
+
 def test_recorded_figures_are_written_and_read_back(tmp_path):
     r = report.start("99_example", smoke=True)
     r.record(accuracy=np.float32(0.5), errors=np.array([1e-9, 2e-9]), framework="torch")
@@ -52,3 +58,15 @@ def test_a_file_from_before_parts_were_recorded_loads_with_none(tmp_path):
     (tmp_path / "metrics").mkdir()
     (tmp_path / "metrics" / "97_old.json").write_text(json.dumps({"notebook": "97_old", "smoke": True, "metrics": {}}))
     assert report.load("97_old")["parts"] == {}
+
+
+def test_a_run_by_hand_records_apart_and_leaves_the_course_build_s_figures(tmp_path, monkeypatch):
+    report.start("99_example", smoke=False).record(accuracy=0.99)  # what make course measured
+    built = (tmp_path / "metrics" / "99_example.json").read_bytes()
+    monkeypatch.delenv(report.RECORDED_RUN_VARIABLE)  # JupyterLab: the runner did not start this kernel
+    by_hand = report.start("99_example", smoke=True)
+    by_hand.record(accuracy=0.5)
+    assert (tmp_path / "metrics" / "99_example.json").read_bytes() == built
+    assert report.load("99_example")["metrics"] == {"accuracy": 0.99}
+    assert report.load("99_example", interactive=True)["metrics"] == {"accuracy": 0.5}
+    assert by_hand.path == tmp_path / "metrics" / "interactive" / "99_example.json"
