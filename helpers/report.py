@@ -65,6 +65,9 @@ class Report:
         self.path = metrics_path(notebook, interactive=self.interactive)
         self.data = {"notebook": notebook, "smoke": bool(smoke), "started_at": time.time(), "metrics": {}, "parts": {}}
         self._write()
+        if self.interactive:
+            print(f"This run records its figures in {self.path.relative_to(paths.artifacts().parent)} "
+                  "(the course build's, from make course, are kept).")
 
     def record(self, **metrics) -> None:
         for name, value in metrics.items():
