@@ -47,6 +47,14 @@ def test_the_index_lists_each_chapter_with_its_runtime_and_failures(tmp_path):
     assert "99_ok.html" in page and "98_bad.html" in page
 
 
+def test_a_chapter_over_its_time_or_memory_budget_is_named_on_the_index():
+    assert course.over_budget({"seconds": 300.0, "peak_rss_mb": 4096}) == []  # at the budget is within it
+    assert course.over_budget({"seconds": 372.0, "peak_rss_mb": 5120}) == ["6.2 min > 5 min", "peak 5.00 GiB > 4 GiB"]
+    info = {"notebook": "97_slow.ipynb", "title": "Chapter 97", "source": "", "learn": ""}
+    page = course.index_html([{**info, "seconds": 372.0, "peak_rss_mb": 100, "error": None}])
+    assert "over budget: 6.2 min &gt; 5 min" in page
+
+
 def test_every_real_chapter_has_a_title_and_course_metadata():
     for notebook in paths.notebooks():
         info = course.chapter_info(notebook)
