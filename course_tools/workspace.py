@@ -6,8 +6,8 @@ moves the learner's copy of chapter 03 (or of every chapter) into `workspace/bac
 one. JupyterLab saves outputs into the workspace, which git ignores, so the repository stays clean.
 
 `make lab` opens `notebooks/`, the instructor's copy with solutions, which git tracks: there the Jupyter server strips
-outputs and execution counts from every notebook it saves (`strip_on_save`, the `pre_save_hook` of
-`course_tools/jupyter_server_config.py`), so working in it never leaves outputs in tracked files either.
+outputs and execution counts from every notebook it saves (`strip_on_save`, which
+`course_tools/jupyter_server_config.py` registers), so working in it never leaves outputs in tracked files either.
 """
 
 from __future__ import annotations

@@ -75,6 +75,15 @@ def test_the_lab_saves_the_tracked_notebooks_without_outputs_and_the_workspace_w
     assert cell.outputs and cell.execution_count == 1  # the hook strips only what git tracks
 
 
+def test_the_lab_s_server_settings_register_the_hook(tmp_path):
+    from traitlets.config import Config
+
+    settings = Config()
+    exec((paths.ROOT / "course_tools" / "jupyter_server_config.py").read_text(), {"get_config": lambda: settings})
+    manager = settings.ServerApp.contents_manager_class(root_dir=str(tmp_path))
+    assert workspace.strip_on_save in manager._pre_save_hooks
+
+
 def git_status() -> str:
     return subprocess.run(["git", "status", "--porcelain"], cwd=paths.ROOT, capture_output=True, text=True,
                           check=True).stdout
