@@ -30,6 +30,8 @@ WHEELHOUSE := build/wheelhouse
 OFFLINE :=
 PLATFORM :=
 PORT :=
+# make demo HOST=0.0.0.0: the demo for a room (every network interface, with a generated API key in the printed address)
+HOST :=
 # OFFLINE=1: pip sees the wheelhouse and nothing else (no index, no network); `make data` takes MNIST from it too
 ifeq ($(OFFLINE),1)
 WHEELHOUSE_DIR := $(abspath $(patsubst ~/%,$(HOME)/%,$(WHEELHOUSE)))
@@ -157,8 +159,9 @@ SOAK_SECONDS := 300
 soak: data
 	COURSE_SOAK_SECONDS=$(SOAK_SECONDS) $(PY) -m pytest -s tests/test_soak.py
 
+# exec: the demo is make's own child, so that it gets the SIGTERM make passes on and notices when make is killed
 demo: data
-	$(PY) -m helpers.demo $(if $(PORT),--port $(PORT))
+	exec $(PY) -m helpers.demo $(if $(PORT),--port $(PORT)) $(if $(HOST),--host $(HOST))
 
 # doctor runs with the course's Python if there is one, else the Python setup would take, else python3: it must work
 # before setup too (and says so when that python3 is not a supported version)

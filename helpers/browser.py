@@ -19,6 +19,7 @@ import shutil
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 from contextlib import contextmanager
+from urllib.parse import quote
 
 import numpy as np
 
@@ -134,13 +135,14 @@ def from_base64(text: str, columns: int) -> np.ndarray:
 class DemoPage:
     """The draw-a-digit page (web/index.html) open in its own browser context, a fresh profile with an empty cache,
     so that load times include the downloads a first visit makes. `block`: a URL pattern whose requests fail (to test
-    the page without its runtime, say)."""
+    the page without its runtime, say). `key`: the server's API key, in the page's address as `make demo` prints it."""
 
     def __init__(self, browser: Browser, server_url: str, model: str = "mnist", threads: int = 1, reject: float = 0.0,
-                 timeout_s: float = 60.0, block: str | None = None):
+                 timeout_s: float = 60.0, block: str | None = None, key: str | None = None):
         self.browser = browser
         self.console: list[str] = []  # the page's console messages and errors, for diagnosis
         self.url = f"{server_url}/demo/?model={model}&threads={threads}&reject={reject}"
+        self.url += f"&key={quote(key, safe='')}" if key else ""
         self.context, self.page = browser.call(self.open, timeout_s, block)
         try:
             # readyMs: from the start of navigation until the page can answer, as the page's own clock measures it

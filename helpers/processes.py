@@ -9,6 +9,7 @@ process's own descendants.
     stop_descendants(*marks)                    this process's descendants whose command line mentions a mark
     sweep(*marks)                               the same until none has appeared for a while (late orphans)
     adopt_orphans()                             orphaned descendants stay descendants (Linux), so the above find them
+    signal_when_parent_dies(sig)                `sig` to this process when its parent exits (a launcher under `make`)
     free_port(), port_free(port)                ports on 127.0.0.1
 
 Stopping lists the whole tree with psutil before any signal: a process group is not enough, since torchrun starts each
@@ -36,7 +37,9 @@ from pathlib import Path
 from helpers import paths
 from helpers.fixes import with_fix
 
-PR_SET_CHILD_SUBREAPER = 36  # from <linux/prctl.h>
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+PR_SET_CHILD_SUBREAPER = 36
+PARENT_POLL_S = 0.5  # where there is no PR_SET_PDEATHSIG, how often a watcher thread looks whether the parent is gone
 KILL_WAIT_S = 5.0  # how long a SIGKILLed process may take to disappear before we give up waiting for it
 
 
@@ -172,15 +175,45 @@ def adopt_orphans() -> bool:
     in effect; elsewhere it does nothing and returns False. The setting lasts for the life of this process (a notebook:
     until the kernel restarts) and is not inherited by its children; adopted orphans that exit are reaped when a stop or
     a sweep waits for them. Called every time rather than once: a forked child does not inherit it."""
+    return prctl(PR_SET_CHILD_SUBREAPER, 1)
+
+
+def prctl(option: int, value: int) -> bool:
+    """Linux's prctl(2) through ctypes; whether it took effect (False on any other system)."""
     if not sys.platform.startswith("linux"):
         return False
     import ctypes
 
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+        return libc.prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
         return False
+
+
+def signal_when_parent_dies(sig: int = signal.SIGTERM) -> str:
+    """Have `sig` sent to this process when its parent exits, however it exits (SIGKILL too), so that a launcher
+    whose parent is killed (`make demo`: make passes a SIGTERM on to its recipe, but a SIGKILL cannot be passed on)
+    stops the way it stops on `sig`, through its own handler and `finally` blocks. Linux: PR_SET_PDEATHSIG, from the
+    kernel at once; elsewhere a daemon thread that looks every PARENT_POLL_S whether the parent changed. Returns which
+    ("prctl" or "thread"). Linux sends it when the parent *thread* that started this process exits (make has only
+    one); the request is not inherited by this process's own children."""
+    parent = os.getppid()
+    if prctl(PR_SET_PDEATHSIG, sig):
+        mechanism = "prctl"
+    else:
+        import threading
+
+        def watch():
+            while os.getppid() == parent:
+                time.sleep(PARENT_POLL_S)
+            os.kill(os.getpid(), sig)
+
+        threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+        mechanism = "thread"
+    if os.getppid() != parent:  # the parent exited before the request took effect: nobody would send it any more
+        os.kill(os.getpid(), sig)
+    return mechanism
 
 
 # --------------------------------------------------------------------------- starting
@@ -202,14 +235,26 @@ def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: 
     raise TimeoutError(with_fix(f"{url} did not answer 200 within {timeout_s} s; see {log}", "not-ready"))
 
 
+def local_address(host: str) -> str:
+    """The address that reaches a server bound to `host` from this machine: 127.0.0.1 for every IPv4 address
+    (0.0.0.0 or "") and ::1 for every IPv6 one (::), the address itself otherwise."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
+
+
+def http_url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
 @contextmanager
-def running(command: list[str], ready_path: str, name: str, port: int, env: dict | None = None, timeout_s: float = 120.0):
-    """Run `command` (which must listen on 127.0.0.1:`port`) until the block ends; yields (url, process, log). Output
-    goes to artifacts/logs/<name>-<port>.log; readiness is polled, never assumed after a fixed sleep; leaving the block
+def running(command: list[str], ready_path: str, name: str, port: int, env: dict | None = None, timeout_s: float = 120.0,
+            host: str = "127.0.0.1"):
+    """Run `command` (which must listen on `host`:`port`, 127.0.0.1 unless told) until the block ends; yields (url,
+    process, log), the url on this machine's side (127.0.0.1 for a server bound to 0.0.0.0). Output goes to
+    artifacts/logs/<name>-<port>.log; readiness is polled, never assumed after a fixed sleep; leaving the block
     (normally, on an error, or on a notebook interrupt) stops the process and everything under it."""
     log = paths.artifacts() / "logs" / f"{name}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    url = f"http://127.0.0.1:{port}"
+    url = http_url(local_address(host), port)
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, **(env or {})}, cwd=paths.ROOT)

@@ -3,7 +3,8 @@
 //
 // Page options (query string): ?model=mnist (a model the server serves), ?threads=1 (ONNX Runtime Web's WebAssembly
 // threads: more than 1 needs the cross-origin isolation headers the server sends), ?reject=0.0 (below this confidence
-// the answer is "not a digit?").
+// the answer is "not a digit?"), ?key=... (the server's API key: `make demo HOST=0.0.0.0` prints the page's address with
+// it; the page sends it with every request to the server and keeps it in the address, so a reload still works).
 // window.demo is the page's API for tests and the notebook (Playwright): the same functions the buttons use.
 "use strict";
 
@@ -21,17 +22,29 @@ const state = {
   load: {}, // how long loading took, in ms, and how many bytes
   lastResult: null,
 };
+const apiKey = params.get("key"); // null on 127.0.0.1, where the server needs no key
 const $ = (id) => document.getElementById(id);
 const pad = $("pad"), ink = pad.getContext("2d");
 
 // ----------------------------------------------------------------------------------------------- the two paths
 
+// a request to the server: with the API key when the page has one (the model file and every /v2 call need it then)
+function serverFetch(url, options = {}) {
+  return fetch(url, apiKey ? { ...options, headers: { ...options.headers, "X-API-Key": apiKey } } : options);
+}
+
+function refusal(response, doc, text) {
+  const hint = response.status !== 401 ? "" : apiKey ? " (the key in this address is not the server's: open the address the demo printed)"
+    : " (open the address the demo printed, with its ?key=...)";
+  return `HTTP ${response.status}: ${doc?.error || text.slice(0, 200)}${hint}`;
+}
+
 async function serverJson(url, options) {
-  const response = await fetch(url, options);
+  const response = await serverFetch(url, options);
   const text = await response.text();
   let doc;
   try { doc = JSON.parse(text); } catch { throw new Error(`${url}: HTTP ${response.status}, not JSON`); }
-  if (!response.ok) throw new Error(`${url}: HTTP ${response.status}: ${doc.error || text.slice(0, 200)}`);
+  if (!response.ok) throw new Error(`${url}: ${refusal(response, doc, text)}`);
   return { doc, response };
 }
 
@@ -46,8 +59,13 @@ async function loadDevice(model) {
   ort.env.wasm.wasmPaths = new URL("vendor/", location.href).href; // served locally: the page works offline
   ort.env.wasm.numThreads = state.threads; // fixed when the runtime starts: another thread count needs a page reload
   const t0 = performance.now();
-  const response = await fetch(`models/${encodeURIComponent(model)}/model.onnx`);
-  if (!response.ok) throw new Error((await response.json()).error);
+  const response = await serverFetch(`models/${encodeURIComponent(model)}/model.onnx`);
+  if (!response.ok) {
+    const text = await response.text();
+    let doc = null;
+    try { doc = JSON.parse(text); } catch { /* not JSON: the status says enough */ }
+    throw new Error(refusal(response, doc, text));
+  }
   const bytes = new Uint8Array(await response.arrayBuffer());
   const t1 = performance.now();
   const session = await ort.InferenceSession.create(bytes, { executionProviders: ["wasm"] });

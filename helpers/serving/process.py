@@ -36,15 +36,17 @@ DEMO_PORT = int(os.environ.get("COURSE_DEMO_PORT", "8500"))
 
 @contextmanager
 def running_server(repository: Path, batching: bool = False, api_key: str | None = None, name: str = "server",
-                   demo: bool = False, port: int | None = None, **options):
-    """The course's inference server on a free port (or `port`). `options` are its command-line flags, e.g.
-    batch_max_delay_ms=2; `demo=True` also serves the browser demo under /demo/."""
+                   demo: bool = False, port: int | None = None, host: str = "127.0.0.1", **options):
+    """The course's inference server on a free port (or `port`) of 127.0.0.1 (or `host`: any other address needs
+    `api_key`). `options` are its command-line flags, e.g. batch_max_delay_ms=2; `demo=True` also serves the browser
+    demo under /demo/. The key reaches the server in its environment, never on its command line."""
     port = port or free_port()
-    command = [sys.executable, "-m", "helpers.serving", "--repository", str(Path(repository).resolve()), "--port", str(port)]
+    command = [sys.executable, "-m", "helpers.serving", "--repository", str(Path(repository).resolve()), "--port", str(port),
+               "--host", host]
     command += ["--batching"] if batching else []
     command += ["--demo"] if demo else []
     for flag, value in options.items():
         command += [f"--{flag.replace('_', '-')}", str(value)]
     env = {"COURSE_SERVING_API_KEY": api_key or ""}
-    with running(command, "/v2/health/ready", name, port, env) as (url, process, log):
+    with running(command, "/v2/health/ready", name, port, env, host=host) as (url, process, log):
         yield RunningServer(url, process.pid, log, api_key)
