@@ -11,6 +11,7 @@
 #   make wheelhouse  download every pinned wheel into build/wheelhouse/ (PLATFORM=... for another machine's)
 #   make site     build/site/: the executed course as a static site with a table of contents (after make course)
 #   make demo     set up, start the server with the draw-a-digit page (chapter 09) on 127.0.0.1 (PORT=8501 moves it)
+#                 (HOST=0.0.0.0: for a room, with an API key in the address it prints)
 #   make student  write build/student/: the notebooks with solutions replaced by stubs
 #   make strip    clear outputs from notebooks/ before committing (the tests refuse committed outputs)
 #   make clean    delete build/ (but its wheelhouse) and artifacts/ (distclean: also .venv, data/mnist.npz, the wheelhouse)
