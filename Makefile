@@ -119,8 +119,9 @@ $(STAMP): $(REQUIREMENTS) pyproject.toml Makefile web/package-lock.json course_t
 	elif command -v npm >/dev/null; then npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null || \
 	  echo "Note: npm ci failed in web/; the demo page will answer on the server path only, and the server's /docs page says Swagger UI is missing."; \
 	else echo "Note: npm is not installed (apt-get install npm / brew install node); the demo page will answer on the server path only, and the server's /docs page says Swagger UI is missing."; fi
-	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 >/dev/null
+	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook;
+	@# PYTHONSTARTUP: the kernel starts by dropping the few start-up notices the pinned stack prints anyway (helpers/quiet.py)
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 --env PYTHONSTARTUP "$(CURDIR)/course_tools/kernel_startup.py" >/dev/null
 	@touch $(STAMP)
 	@echo "Setup done: $(VENV) with kernel '$(KERNEL_DISPLAY)'."
 
