@@ -65,7 +65,7 @@ $(STAMP): python-changed
 endif
 endif
 
-.PHONY: help setup data lab course test soak demo doctor wheelhouse site student strip clean distclean
+.PHONY: help setup data lab course test soak demo doctor wheelhouse site serve-site student strip clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -167,6 +167,13 @@ wheelhouse: setup
 
 site: setup
 	$(PY) -m course_tools.site
+
+# the site over HTTP on 127.0.0.1 (it opens from disk too), on PORT= or a free port; any Python 3 will do (stdlib only)
+SITE := build/site
+serve-site:
+	@[ -f "$(SITE)/index.html" ] || { echo "ERROR: no site in $(SITE): run make course, then make site"; exit 1; }
+	@echo "Serving $(SITE)/ (Ctrl-C stops it)"
+	@$(or $(wildcard $(PY)),$(NEWEST_PYTHON),python3) -u -m http.server --bind 127.0.0.1 --directory "$(SITE)" $(or $(PORT),0)
 
 student: setup
 	$(PY) -m course_tools.student
