@@ -72,7 +72,7 @@ $(STAMP): python-changed
 endif
 endif
 
-.PHONY: help setup data learn lab course test soak demo doctor wheelhouse site student strip clean distclean
+.PHONY: help setup data learn lab course test soak demo doctor wheelhouse site serve-site student strip clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -126,8 +126,9 @@ $(STAMP): $(REQUIREMENTS) pyproject.toml Makefile web/package-lock.json course_t
 	elif command -v npm >/dev/null; then npm ci --prefix web --ignore-scripts --no-audit --no-fund --loglevel=error >/dev/null || \
 	  echo "Note: npm ci failed in web/; the demo page will answer on the server path only, and the server's /docs page says Swagger UI is missing."; \
 	else echo "Note: npm is not installed (apt-get install npm / brew install node); the demo page will answer on the server path only, and the server's /docs page says Swagger UI is missing."; fi
-	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook
-	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 >/dev/null
+	@# TF_CPP_MIN_LOG_LEVEL=2: keep TensorFlow's warnings, drop its pages of C++ start-up notes in every notebook;
+	@# PYTHONSTARTUP: the kernel starts by dropping the few start-up notices the pinned stack prints anyway (helpers/quiet.py)
+	$(PY) -m ipykernel install --sys-prefix --name $(KERNEL) --display-name "$(KERNEL_DISPLAY)" --env TF_CPP_MIN_LOG_LEVEL 2 --env PYTHONSTARTUP "$(CURDIR)/course_tools/kernel_startup.py" >/dev/null
 	@touch $(STAMP)
 	@echo "Setup done: $(VENV) with kernel '$(KERNEL_DISPLAY)'."
 
@@ -183,6 +184,13 @@ wheelhouse: setup
 
 site: setup
 	$(PY) -m course_tools.site
+
+# the site over HTTP on 127.0.0.1 (it opens from disk too), on PORT= or a free port; any Python 3 will do (stdlib only)
+SITE := build/site
+serve-site:
+	@[ -f "$(SITE)/index.html" ] || { echo "ERROR: no site in $(SITE): run make course, then make site"; exit 1; }
+	@echo "Serving $(SITE)/ (Ctrl-C stops it)"
+	@$(or $(wildcard $(PY)),$(NEWEST_PYTHON),python3) -u -m http.server --bind 127.0.0.1 --directory "$(SITE)" $(or $(PORT),0)
 
 student: setup
 	$(PY) -m course_tools.student

@@ -6,6 +6,7 @@
     student   the learner's copy: solution cells replaced by stubs                                      make student
     nbclean   strip outputs and run metadata from notebooks                                             make strip
     doctor    check a machine against what the course needs, before setup too                           make doctor
+    kernel_startup  run by the course's kernel as it starts (PYTHONSTARTUP): helpers.quiet          make setup
 
 It imports `helpers` (the library the notebooks use), never the reverse: `lint-imports` checks that.
 """

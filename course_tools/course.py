@@ -27,10 +27,7 @@ def course_dir() -> Path:
 def chapter_info(notebook: Path) -> dict:
     """Title and course-map fields, from the notebook's first heading and its `course` metadata."""
     nb = nbformat.read(notebook, as_version=4)
-    title = next(
-        (line.lstrip("# ").strip() for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines() if line.startswith("# ")),
-        notebook.stem,
-    )
+    title = runner.chapter_title(nb) or notebook.stem
     meta = nb.metadata.get("course", {})
     return {"notebook": notebook.name, "title": title, "source": meta.get("source", ""), "learn": meta.get("learn", "")}
 
@@ -62,10 +59,15 @@ def install_mathjax(out: Path) -> str:
     return "mathjax/MathJax.js?config=TeX-AMS-MML_HTMLorMML-full,Safe"
 
 
+# nbconvert's lab template, less what it would fetch from the network (course_tools/templates/course/index.html.j2)
+TEMPLATES = Path(__file__).parent / "templates"
+
+
 def render_html(executed: Path) -> Path:
     from nbconvert import HTMLExporter
 
-    exporter = HTMLExporter(template_name="lab", mathjax_url=install_mathjax(executed.parent))
+    exporter = HTMLExporter(template_name="course", extra_template_basedirs=[str(TEMPLATES)],
+                            mathjax_url=install_mathjax(executed.parent))
     body, _ = exporter.from_notebook_node(nbformat.read(executed, as_version=4))
     target = executed.with_suffix(".html")
     target.write_text(body, encoding="utf-8")

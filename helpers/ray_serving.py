@@ -9,6 +9,7 @@ and always shuts both down.
 from __future__ import annotations
 
 import atexit
+import logging
 import os
 import shutil
 import tempfile
@@ -57,6 +58,10 @@ def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
     os.environ.update(settings)  # read by Ray's processes, which inherit this process's environment
     atexit.register(ray.shutdown)  # also when the kernel exits with the block still open
     processes.adopt_orphans()  # so that an HAProxy outliving Ray stays this process's descendant, for the sweep below
+    # Serve's own log in this process: its warnings, not its INFO notes (app started, ready, deleted), like its processes'
+    serve_log = logging.getLogger("ray.serve")
+    previous_level = serve_log.level
+    serve_log.setLevel(logging.WARNING)
     try:
         ray.init(num_cpus=num_cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR", namespace="course")
         serve.start(http_options={"host": "127.0.0.1", "port": http_port},
@@ -76,6 +81,7 @@ def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
                 shutil.rmtree(home, ignore_errors=True)
                 for key, value in previous.items():
                     os.environ.pop(key) if value is None else os.environ.__setitem__(key, value)
+                serve_log.setLevel(previous_level)
 
 
 def haproxy_available() -> bool:

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import nbformat
+import page_checks
 import pytest
 from notebook_expectations import EXPECTATIONS, OPS, PARTS, SMOKE_BUDGET_S, TIME_LIMIT_FACTOR, WITHOUT
 
-from course_tools import runner
+from course_tools import course, runner
 from course_tools.nbclean import has_tag
 from helpers import paths, report
 
@@ -148,6 +149,30 @@ def test_notebook_part_ran(stem, part):
         needs = " and ".join(PARTS[stem][part])
         pytest.skip(f"{stem}: {part} skipped (needs {needs}): {recorded['because']}")
     assert run.result.ok, f"{stem} recorded that {part!r} runs, then failed at {run.result.error}"
+
+
+@by_stem(NOTEBOOKS)
+@pytest.mark.notebook
+@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)  # only when run alone: it then executes the notebook
+def test_the_executed_copy_reads_clean_and_its_page_loads_nothing_from_the_network(notebook):
+    run = run_once(notebook)
+    nb = nbformat.read(run.executed, as_version=4)
+    problems = page_checks.notebook_problems(nb)
+    assert not problems, "; ".join(problems) + kernel_startup_hint()
+    page = course.render_html(run.executed).read_text(encoding="utf-8")  # what `make course` publishes
+    assert page_checks.page_title(page) == runner.chapter_title(nb)
+    assert not page_checks.remote_resources(page), f"{notebook.stem}.html loads {page_checks.remote_resources(page)[:3]}"
+
+
+def kernel_startup_hint() -> str:
+    """Why start-up notices may reach a notebook: the kernel was registered before its spec set PYTHONSTARTUP."""
+    import os
+
+    from jupyter_client.kernelspec import KernelSpecManager
+
+    if "PYTHONSTARTUP" in KernelSpecManager().get_kernel_spec(runner.KERNEL_NAME).env or "PYTHONSTARTUP" in os.environ:
+        return ""
+    return " (the course kernel's spec sets no PYTHONSTARTUP, so helpers/quiet.py never ran: run `make setup` again)"
 
 
 def test_the_bars_and_optional_parts_follow_the_conventions():
