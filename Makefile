@@ -10,6 +10,7 @@
 #   make doctor   check this machine against what the course needs (before a workshop); exits 1 if a chapter cannot run
 #   make wheelhouse  download every pinned wheel into build/wheelhouse/ (PLATFORM=... for another machine's)
 #   make site     build/site/: the executed course as a static site with a table of contents (after make course)
+#   make serve-site  serve build/site/ on 127.0.0.1 (PORT= or a free port): the site opens from disk too
 #   make demo     set up, start the server with the draw-a-digit page (chapter 09) on 127.0.0.1 (PORT=8501 moves it)
 #                 (HOST=0.0.0.0: for a room, with an API key in the address it prints)
 #   make student  write build/student/: the notebooks with solutions replaced by stubs
