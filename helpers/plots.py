@@ -24,6 +24,7 @@ import textwrap
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.container import BarContainer
+from matplotlib.legend import Legend
 from matplotlib.text import Annotation, Text
 from matplotlib.ticker import EngFormatter, FuncFormatter, MaxNLocator, PercentFormatter
 
@@ -133,13 +134,18 @@ def _label_problems(ax, renderer) -> list[str]:
     return found
 
 
+def _legends(ax):
+    """The axes' legends: its own and any added with ax.add_artist (a second legend, a key)."""
+    return [c for c in ax.get_children() if isinstance(c, Legend) and c.get_visible()]
+
+
 def _legend_problems(ax, renderer) -> list[str]:
-    legend = ax.get_legend()
-    if legend is None or not legend.get_visible():
-        return []
+    return [p for legend in _legends(ax) for p in _legend_covers(ax, legend, renderer)]
+
+
+def _legend_covers(ax, legend, renderer) -> list[str]:
     box = legend.get_window_extent(renderer).padded(-2)
-    inside = box.overlaps(ax.get_window_extent(renderer))
-    if not inside:
+    if not box.overlaps(ax.get_window_extent(renderer)):
         return []
     points = [_dense(ax.transData.transform(np.asarray(line.get_xydata(), float)))
               for line in ax.lines if line.get_visible() and line.get_transform() is ax.transData]
@@ -188,8 +194,8 @@ def _texts(fig, axes):
             add(f"{name} title", title, ax)
         for text in ax.texts:
             add(f"{name} text {text.get_text()[:40]!r}", text, ax)
-        if ax.get_legend() is not None:
-            add(f"{name} legend", ax.get_legend(), ax)
+        for k, legend in enumerate(_legends(ax)):
+            add(f"{name} legend" + (f" {k + 1}" if k else ""), legend, ax)
         if ax.axison:
             for letter, axis in (("x", ax.xaxis), ("y", ax.yaxis)):
                 add(f"{name} {letter} label", axis.label, ax)
@@ -269,8 +275,7 @@ def annotate_apart(ax, x, y, labels, fontsize: float = 7, weights=None, marker_r
     pixels = fig.dpi / 72
     marker = np.broadcast_to(np.asarray(marker_radii, float), (len(points),)) * pixels
     taken = [t.get_window_extent(renderer) for t in ax.texts if t.get_visible() and t.get_text().strip()]
-    if ax.get_legend() is not None:
-        taken.append(ax.get_legend().get_window_extent(renderer))
+    taken += [legend.get_window_extent(renderer) for legend in _legends(ax)]
     directions = [(math.cos(a), math.sin(a)) for a in np.radians([45, -45, 135, -135, 0, 180, 90, -90, 20, -20, 160, -160])]
     annotations = []
     for k, ((px, py), label) in enumerate(zip(points, labels)):
@@ -459,26 +464,31 @@ def runtime_comparison(results, batch_size: int):
 
 
 def tradeoff(table, front, n: int, accuracy="accuracy", latency="p50_ms", size="size (kB)", group="runtime", window_points=0.5):
-    """Accuracy against single-image latency, one labelled point per variant with its test-set noise (2 binomial standard
-    errors on `n` images) as an error bar, marker area proportional to the file size, coloured by `group`. Members of the
-    Pareto front (a boolean mask) are ringed and labelled in bold, and joined by a dashed line when two or more are
-    shown. The y axis shows the variants within `window_points` of the most accurate, on a range at least four times the
-    noise; the ones below are listed under the plot, not squeezed in."""
+    """Accuracy against single-image latency, one numbered point per variant with its test-set noise (2 binomial standard
+    errors on `n` images) as an error bar, marker area proportional to the file size, coloured by `group`; the key under
+    the plot names the numbers (a name beside each point would not fit where the variants crowd). Members of the Pareto
+    front (a boolean mask) are ringed and named in bold, and joined by a dashed line when two or more are shown. The y
+    axis shows the variants within `window_points` of the most accurate, on a range at least four times the noise; the
+    ones below are listed under the plot, not squeezed in."""
+    from matplotlib.lines import Line2D
+
     table = table.assign(_front=np.asarray(front, bool))
     y_all = 100 * table[accuracy].astype(float)
     shown = table[y_all >= y_all.max() - window_points].sort_values(latency)
     x, y = shown[latency].astype(float).to_numpy(), 100 * shown[accuracy].astype(float).to_numpy()
     noise = 100 * binomial_noise(shown[accuracy].astype(float).to_numpy(), n)
-    fig, ax = plt.subplots(figsize=(12, 7))
-    ax.errorbar(x, y, yerr=noise, fmt="none", ecolor="0.55", elinewidth=0.8, capsize=2, zorder=1,
+    on_front = shown["_front"].to_numpy()
+    fig, ax = plt.subplots(figsize=(12, 7 + 0.06 * len(shown)))
+    ax.errorbar(x, y, yerr=noise, fmt="none", ecolor="0.6", elinewidth=0.8, capsize=2, zorder=1,
                 label=f"2 standard errors of the accuracy ({n:,} test images)")
     largest = table[size].astype(float).max()
-    for i, (name, rows) in enumerate(shown.groupby(group, sort=False)):
-        ax.scatter(rows[latency].astype(float), 100 * rows[accuracy].astype(float), s=30 + 900 * rows[size].astype(float) / largest,
-                   alpha=0.5, color=f"C{i}", edgecolor="black", linewidth=0.5, label=name, zorder=2)
-    on_front = shown["_front"].to_numpy()
-    ax.scatter(x[on_front], y[on_front], s=90, facecolor="none", edgecolor="black", linewidth=1.4, zorder=3,
-               label=f"on the Pareto front (bold labels), {on_front.sum()} of {int(table['_front'].sum())} shown")
+    areas = 30 + 900 * shown[size].astype(float).to_numpy() / largest  # points^2
+    colours = {name: f"C{i}" for i, name in enumerate(shown[group].unique())}
+    for name, colour in colours.items():
+        rows = (shown[group] == name).to_numpy()
+        ax.scatter(x[rows], y[rows], s=areas[rows], alpha=0.5, color=colour, edgecolor="black", linewidth=0.5, label=name, zorder=2)
+    ax.scatter(x[on_front], y[on_front], s=areas[on_front] + 60, facecolor="none", edgecolor="black", linewidth=1.4, zorder=3,
+               label=f"on the Pareto front (bold in the key): {on_front.sum()} of {int(table['_front'].sum())} shown")
     if on_front.sum() >= 2:
         front_line(ax, x[on_front], y[on_front], label="Pareto front", zorder=2)
     ax.set_xscale("log")
@@ -490,13 +500,24 @@ def tradeoff(table, front, n: int, accuracy="accuracy", latency="p50_ms", size="
     noise_axis(ax, y, float(noise.max()), f"2 standard errors on {n:,} images", unit=" points")
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1), markerscale=0.5)
     hidden = table.drop(shown.index)
+    note = None
     if len(hidden):
-        note = "below the window: " + ", ".join(f"{name} ({100 * float(a):.2f} %{', on the front' if f else ''})"
-                                                 for name, a, f in zip(hidden.index, hidden[accuracy], hidden["_front"]))
-        fig.text(0.01, 0.01, textwrap.fill(note, 170), fontsize=8, va="bottom")
-    fig.tight_layout(rect=(0, 0.06 if len(hidden) else 0, 1, 1))
-    areas = 30 + 900 * shown[size].astype(float).to_numpy() / largest  # points^2, as drawn
-    annotate_apart(ax, x, y, list(shown.index), weights=["bold" if f else "normal" for f in on_front], marker_radii=np.sqrt(areas / np.pi))
+        note = fig.text(0.01, 0.005, textwrap.fill("below the window: " + ", ".join(
+            f"{name} ({100 * float(a):.2f} %{', on the front' if f else ''})"
+            for name, a, f in zip(hidden.index, hidden[accuracy], hidden["_front"])), 170), fontsize=8, va="bottom")
+    numbers = [str(k + 1) for k in range(len(shown))]
+    key = fig.legend([Line2D([], [], linestyle="none")] * len(shown),
+                     [f"{k}  {name}  ({a:.2f} %, {t:.3g} ms)" for k, name, a, t in zip(numbers, shown.index, y, x)],
+                     loc="lower left", ncol=3, fontsize=8, handlelength=0, handletextpad=0, frameon=False,
+                     title="the variants, by p50 latency (accuracy, p50)", title_fontsize=8)
+    for text, bold in zip(key.get_texts(), on_front):
+        text.set_fontweight("bold" if bold else "normal")
+    renderer = _renderer(fig)
+    below = (note.get_window_extent(renderer).height + 6) / fig.bbox.height if note else 0.0
+    key.set_bbox_to_anchor((0.01, below), transform=fig.transFigure)  # the key above the note, under the axes
+    fig.tight_layout(rect=(0, below + key.get_window_extent(renderer).height / fig.bbox.height, 1, 1))
+    annotate_apart(ax, x, y, numbers, fontsize=8, weights=["bold" if f else "normal" for f in on_front],
+                   marker_radii=np.sqrt(areas / np.pi))
     return check(fig)
 
 
