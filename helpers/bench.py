@@ -114,21 +114,30 @@ def model_flops(model, example) -> int:
 
 
 def peak_gflops(threads: int, size: int = 1024, seconds: float = 1.0) -> float:
-    """This machine's measured float32 matrix-multiply rate with `threads` threads (a practical compute roof)."""
-    import torch
+    """This machine's measured float32 matrix-multiply rate with `threads` threads (a practical compute roof), in
+    ONNX Runtime's own kernels (MLAS), which run the course's ONNX models: another library's matrix multiply can be far
+    slower on the same CPU (PyTorch's MKL kernels on AMD processors), and a roof below what the runtime reaches is no
+    roof."""
+    import onnx
+    from onnx import TensorProto, helper
 
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        a, b = torch.randn(size, size), torch.randn(size, size)
-        torch.mm(a, b)  # warm-up
-        runs, started = 0, time.perf_counter()
-        while time.perf_counter() - started < seconds:
-            torch.mm(a, b)
-            runs += 1
-        return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
-    finally:
-        torch.set_num_threads(previous)
+    from helpers.runtimes import load_onnx
+
+    shape = [size, size]
+    graph = helper.make_graph([helper.make_node("MatMul", ["a", "b"], ["c"])], "matmul",
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, shape) for n in ("a", "b")],
+                              [helper.make_tensor_value_info("c", TensorProto.FLOAT, shape)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    session = load_onnx(None, threads=threads, model_bytes=model.SerializeToString())  # built here: nothing to verify
+    rng = np.random.default_rng(0)
+    inputs = {n: rng.standard_normal(shape, dtype=np.float32) for n in ("a", "b")}
+    session.run(None, inputs)  # warm-up
+    runs, started = 0, time.perf_counter()
+    while time.perf_counter() - started < seconds:
+        session.run(None, inputs)
+        runs += 1
+    return 2 * size**3 * runs / (time.perf_counter() - started) / 1e9
 
 
 def copy_bandwidth_gbs(megabytes: int = 256, repeats: int = 5) -> float:
