@@ -127,7 +127,7 @@ def test_make_serve_site_serves_the_site_on_127_0_0_1(built):
 
 @pytest.mark.integration  # runs make
 def test_make_serve_site_takes_a_port_and_refuses_a_missing_site(tmp_path):
-    dry = subprocess.run(["make", "-n", "serve-site", "PORT=8123", f"SITE={tmp_path}"], cwd=paths.ROOT,
+    dry = subprocess.run(["make", "--no-print-directory", "-n", "serve-site", "PORT=8123", f"SITE={tmp_path}"], cwd=paths.ROOT,
                          capture_output=True, text=True)
     assert "--bind 127.0.0.1" in dry.stdout and dry.stdout.rstrip().endswith("8123"), dry.stdout
     missing = subprocess.run(["make", "-s", "serve-site", f"SITE={tmp_path / 'none'}"], cwd=paths.ROOT,
