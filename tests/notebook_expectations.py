@@ -130,8 +130,10 @@ EXPECTATIONS = {
     },
     "07_monitoring": {
         # the best detector finds every harmful shift at window 50 even with the smoke model, and holds its level
-        # (smoke: 80 undrifted windows, so alpha 0.05 plus three standard errors)
-        "best_detector_worst_power": (">=", 0.7),
+        # (smoke: 80 undrifted windows, so alpha 0.05 plus three standard errors). Its worst detection rate is the
+        # lowest of five rates, each estimated on 40 windows (a standard error of 7 points near 70 %), so the smoke bar
+        # leaves room for that noise; the notebook asserts 90 % in full mode, on 200 windows per rate
+        "best_detector_worst_power": (">=", 0.6),
         "best_detector_false_alarms": ("<=", 0.13),
         # the simulated day: the drift alert fires on the second drifted window, never before the onset, measured by
         # Prometheus's alerting rule (or, without Prometheus, by the rule's Python twin on the server's scores); the
