@@ -22,6 +22,7 @@ chapter, in layers: each imports only layers below its own (pyproject.toml's imp
                     losses          losses and the one softmax, in plain NumPy (chapter 01's reference)
     foundation      integrity, fixes, progress, paths           hashes, the fixes table, progress bars, where things live
                     quiet           the stack's start-up notices kept out of cell outputs (the kernel installs it)
+                    show            the course's own code displayed in a notebook, read from its source file
 
 The machinery that runs, checks and packages the course (runner, `make course`, site, student, doctor) is not here:
 it is the top-level package `course_tools`, which imports this one and never the reverse.

@@ -1,0 +1,74 @@
+"""Show the course's own code in a notebook, read from its source file, so the code shown is the code that runs.
+
+    from helpers import show, export
+    show.source(export.save_serving_model)          # the whole function, highlighted, with its file:line
+    show.source(export.save_serving_model, lines=(1, 12))   # only its first twelve lines (1-based, inclusive)
+
+In JupyterLab and on the course's HTML pages the code is highlighted (IPython's `Code`, which uses Pygments); in a
+terminal it prints as plain text. Nothing is copied into the notebook, so the shown code can never drift from the
+module's.
+"""
+
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+from pathlib import Path
+
+from helpers import paths
+
+
+@dataclass(frozen=True)
+class Source:
+    """A piece of the course's code: its text, and where it lives."""
+    text: str
+    file: str  # relative to the course's root where it is inside it
+    first_line: int
+    last_line: int
+    name: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.file}:{self.first_line}-{self.last_line}"
+
+    def __str__(self) -> str:
+        return f"# {self.name}  ({self.where})\n{self.text}"
+
+
+def relative(path: str) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(paths.ROOT))
+    except ValueError:
+        return path
+
+
+def get(obj, lines: tuple[int, int] | None = None) -> Source:
+    """The source of a function, class or module; `lines` = (first, last), 1-based within it, to show a part."""
+    text_lines, first = inspect.getsourcelines(obj)
+    if first == 0:  # a module: getsourcelines counts from 0
+        first = 1
+    if lines is not None:
+        start, end = lines
+        if not 1 <= start <= end <= len(text_lines):
+            raise ValueError(f"lines={lines} is outside {getattr(obj, '__qualname__', obj)}'s {len(text_lines)} lines")
+        text_lines, first = text_lines[start - 1:end], first + start - 1
+    text = "".join(text_lines).rstrip("\n")
+    name = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", str(obj))
+    if inspect.isfunction(obj) or inspect.isclass(obj):
+        name = f"{obj.__module__}.{name}"
+    return Source(text, relative(inspect.getsourcefile(obj)), first, first + len(text_lines) - 1, name)
+
+
+def source(obj, lines: tuple[int, int] | None = None) -> None:
+    """Display `obj`'s source highlighted, headed by its name and file:line (`get` returns it instead)."""
+    found = get(obj, lines)
+    try:
+        from IPython import get_ipython
+        from IPython.display import Code, Markdown, display
+    except ImportError:
+        print(found)
+        return
+    if get_ipython() is None:
+        print(found)
+        return
+    display(Markdown(f"`{found.name}` — from `{found.where}`"), Code(found.text, language="python"))
