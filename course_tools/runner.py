@@ -26,6 +26,7 @@ from helpers.report import RECORDED_RUN_VARIABLE
 RUN_ENVIRONMENT = {TEXT_MODE_VARIABLE: "1", RECORDED_RUN_VARIABLE: "1"}
 
 INJECTED_TAG = "injected-parameters"  # the cell papermill adds after the `parameters` cell: SMOKE = True, or a repeat
+PROBE_TAG = "course-probe"  # the cells the tests add to prove each exercise's check decides (course_tools/exercises.py)
 
 
 @dataclass
@@ -92,8 +93,10 @@ def require_kernel() -> None:
         raise RuntimeError(with_fix(f"Jupyter kernel '{KERNEL_NAME}' is not registered.", "kernel"))
 
 
-def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900, progress: bool = True) -> RunResult:
-    """Run `notebook` with SMOKE=`smoke`, write the executed copy to `output`; never raises on a cell error."""
+def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900, progress: bool = True,
+            cwd: Path | None = None) -> RunResult:
+    """Run `notebook` with SMOKE=`smoke` in `cwd` (default: the notebook's folder), write the executed copy to
+    `output`; never raises on a cell error."""
     import papermill
 
     require_kernel()
@@ -109,7 +112,7 @@ def execute(notebook: Path, output: Path, smoke: bool, cell_timeout_s: int = 900
                 str(output),
                 parameters={"SMOKE": smoke},
                 kernel_name=KERNEL_NAME,
-                cwd=str(notebook.parent),
+                cwd=str(cwd or notebook.parent),
                 execution_timeout=cell_timeout_s,
                 progress_bar=progress,
             )
@@ -170,10 +173,10 @@ def note_parameters(nb) -> None:
 
 
 def tidy(nb):
-    """The executed copy as a reader should see it, in place: no cell papermill injected (the values it set stay in
+    """The executed copy as a reader should see it, in place: no cell papermill or the tests' probes injected (the values it set stay in
     the notebook's metadata, papermill.parameters), each run of stream outputs as its final text, and the chapter's
     title as the notebook's title (nbconvert's HTML <title>)."""
-    nb.cells = [cell for cell in nb.cells if INJECTED_TAG not in cell.metadata.get("tags", [])]
+    nb.cells = [cell for cell in nb.cells if not {INJECTED_TAG, PROBE_TAG} & set(cell.metadata.get("tags", []))]
     note_parameters(nb)
     for cell in nb.cells:
         if cell.cell_type != "code":

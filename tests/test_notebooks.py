@@ -15,7 +15,7 @@ import page_checks
 import pytest
 from notebook_expectations import EXPECTATIONS, OPS, PARTS, SMOKE_BUDGET_S, TIME_LIMIT_FACTOR, WITHOUT
 
-from course_tools import course, runner
+from course_tools import course, exercises, runner
 from course_tools.nbclean import has_tag
 from helpers import paths, report
 
@@ -57,6 +57,7 @@ class Run:
     executed: Path  # the executed copy
     started: float
     left: list[str]  # processes it left running
+    probes: Path | None  # what each exercise's check did on each answer (course_tools/exercises.py), if it has some
 
     def recorded(self) -> dict:
         recorded = report.load(self.result.notebook)
@@ -68,7 +69,7 @@ RUNS: dict[str, Run | None] = {}  # notebook stem -> its run; None while (or if)
 
 
 def run_once(notebook) -> Run:
-    """Execute `notebook` in smoke mode, once per session."""
+    """Execute `notebook` in smoke mode, once per session, with its exercises' probes (removed from the copy)."""
     if notebook.stem in RUNS:
         if RUNS[notebook.stem] is None:
             pytest.fail(f"{notebook.name}'s execution did not finish in this session (see its notebook test)")
@@ -76,12 +77,13 @@ def run_once(notebook) -> Run:
     RUNS[notebook.stem] = None
     started = time.time()
     executed = EXECUTED_DIR / notebook.name
+    probed, probes = exercises.probed_copy(notebook, EXECUTED_DIR / "probed")
     try:
-        result = runner.execute(notebook, executed, smoke=True, progress=False)
+        result = runner.execute(probed, executed, smoke=True, progress=False, cwd=notebook.parent)
     finally:  # also when the notebook failed: "stopped at the end, including when a cell fails"
         left = processes_started_since(started)
     runner.record_run(EXECUTED_DIR / "runs.json", result)  # smoke runtimes and memory, to spot a notebook growing slow
-    RUNS[notebook.stem] = Run(result, executed, started, left)
+    RUNS[notebook.stem] = Run(result, executed, started, left, probes)
     return RUNS[notebook.stem]
 
 
