@@ -19,7 +19,7 @@ KINDS = {"code", "experiment", "question"}
 MIN_EXERCISES = 3
 
 NOTEBOOKS = {p.stem: p for p in paths.notebooks()}
-CRAFTED = {stem: exercises.craft(stem) for stem in NOTEBOOKS if exercises.craft(stem) is not None}
+CRAFTED = {stem: module for stem in NOTEBOOKS if (module := exercises.craft(stem)) is not None}
 
 
 def read(stem):
