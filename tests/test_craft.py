@@ -5,7 +5,7 @@ runs them inside the chapter's smoke execution, the one tests/test_notebooks.py 
 
 import nbformat
 import pytest
-from notebook_expectations import SMOKE_BUDGET_S, TIME_LIMIT_FACTOR
+from notebook_expectations import RUN_LIMIT_S
 from test_notebooks import run_once
 
 from course_tools import exercises, runner, student
@@ -112,7 +112,7 @@ def answer_cases():
 
 
 @pytest.mark.notebook
-@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)  # only when run alone: it then executes the notebook
+@pytest.mark.timeout(RUN_LIMIT_S)  # only when run alone: it then executes the notebook
 @pytest.mark.parametrize(("stem", "number", "answer", "expect"), answer_cases())
 def test_the_exercise_check_decides(stem, number, answer, expect):
     run = run_once(NOTEBOOKS[stem])

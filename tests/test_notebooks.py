@@ -13,7 +13,7 @@ from pathlib import Path
 import nbformat
 import page_checks
 import pytest
-from notebook_expectations import EXPECTATIONS, OPS, PARTS, SMOKE_BUDGET_S, TIME_LIMIT_FACTOR, WITHOUT
+from notebook_expectations import EXPECTATIONS, OPS, PARTS, RUN_LIMIT_S, WITHOUT
 
 from course_tools import course, exercises, runner
 from course_tools.nbclean import has_tag
@@ -101,7 +101,7 @@ def bar_applies(parts_needed: list[str], parts: dict) -> bool:
 
 @by_stem(NOTEBOOKS)
 @pytest.mark.notebook
-@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)
+@pytest.mark.timeout(RUN_LIMIT_S)
 def test_notebook_runs_in_smoke_mode_and_records_good_metrics(notebook):
     run = run_once(notebook)
     result, left = run.result, run.left
@@ -133,7 +133,7 @@ PART_CASES = [(stem, part) for stem, parts in PARTS.items() for part in parts]
 
 
 @pytest.mark.notebook
-@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)  # only when run alone: it then executes the notebook
+@pytest.mark.timeout(RUN_LIMIT_S)  # only when run alone: it then executes the notebook
 @pytest.mark.parametrize(("stem", "part"), PART_CASES, ids=[f"{stem}-{part.replace(' ', '_')}" for stem, part in PART_CASES])
 def test_notebook_part_ran(stem, part):
     notebook = next((n for n in NOTEBOOKS if n.stem == stem), None)
@@ -155,7 +155,7 @@ def test_notebook_part_ran(stem, part):
 
 @by_stem(NOTEBOOKS)
 @pytest.mark.notebook
-@pytest.mark.timeout(SMOKE_BUDGET_S * TIME_LIMIT_FACTOR)  # only when run alone: it then executes the notebook
+@pytest.mark.timeout(RUN_LIMIT_S)  # only when run alone: it then executes the notebook
 def test_the_executed_copy_reads_clean_and_its_page_loads_nothing_from_the_network(notebook):
     run = run_once(notebook)
     nb = nbformat.read(run.executed, as_version=4)
