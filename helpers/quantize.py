@@ -247,7 +247,7 @@ LOW_BIT_QAT = replace(training.FINE_TUNE, peak_lr=2e-3)
 def xnnpack_quantizer(weight_bits: int = 8, activation_bits: int = 8, qat: bool = False):
     """ExecuTorch's XNNPACKQuantizer: symmetric per-channel weights, affine per-tensor activations.
 
-    Fewer bits than 8 narrow the integer range (values are still stored in int8): a way to see what 4-bit costs.
+    Fewer bits than 8 narrow the integer range (values are still stored in int8): a way to see what 3-bit weights cost.
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import XNNPACKQuantizer, get_symmetric_quantization_config
 
