@@ -34,19 +34,21 @@ def test_every_notebook_has_a_stored_full_mode_runtime():
     assert set(stored) <= {notebook.stem for notebook in paths.notebooks()}, "runtimes.json lists a chapter that is gone"
 
 
-def test_the_notebooks_and_the_readme_show_the_times_computed_now():
-    stale = times.out_of_date()
-    assert not stale, f"{', '.join(stale)}: the times shown differ from what course_tools/times.py computes: {times.RUN_ME}"
-
-
-def test_every_notebook_opens_with_its_time_line():
+@pytest.mark.parametrize("notebook", paths.notebooks(), ids=lambda notebook: notebook.stem)
+def test_each_notebook_opens_with_the_time_computed_now(notebook):
     runtimes = times.load_runtimes()
-    for notebook in paths.notebooks():
-        nb = nbformat.read(notebook, as_version=4)
-        est = times.estimate(nb, notebook.stem, runtimes["chapters"][notebook.stem]["seconds"])
-        line = times.TIME_LINE.search(nb.cells[0].source)
-        assert line, f"{notebook.name}: its opening cell has no **Time:** ... **Runtime:** ... line"
-        assert line.group(0).startswith(f"**Time:** about {est.total} minutes"), f"{notebook.name}: {times.RUN_ME}"
+    nb = nbformat.read(notebook, as_version=4)
+    est = times.estimate(nb, notebook.stem, times.runtime_of(runtimes, notebook.stem)["seconds"])
+    line = times.TIME_LINE.search(nb.cells[0].source)
+    assert line, f"{notebook.name}: its opening cell has no **Time:** ... **Runtime:** ... line"
+    expected = times.time_line(est, times.runtime_of(runtimes, notebook.stem)["cpus"])
+    assert line.group(0) == expected, f"{notebook.name} shows {line.group(0)!r}, times.py computes {expected!r}: {times.RUN_ME}"
+    assert notebook.read_text(encoding="utf-8") == times.expected_files(runtimes)[notebook], f"{notebook.name}: {times.RUN_ME}"
+
+
+def test_the_readme_shows_the_times_computed_now():
+    expected = times.expected_files(times.load_runtimes())[times.README]
+    assert times.README.read_text(encoding="utf-8") == expected, f"README.md: its times are out of date: {times.RUN_ME}"
 
 
 def test_more_prose_more_code_and_more_exercises_take_longer():
