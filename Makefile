@@ -4,6 +4,9 @@
 #   make setup    create .venv with the pinned packages, the course kernel and the system programs apt-get can install
 #   make data     set up, fetch MNIST into data/ and verify it (says why each source failed)
 #   make course   set up, fetch MNIST, execute every chapter (full mode) -> build/course/index.html
+#                 (CHAPTERS=01,03: execute those chapters only, up to date or not)
+#   make times    store the runtimes make course measured, then compute each chapter's time into its opening cell and the README
+#                 (CHAPTERS=01,03: store those chapters' runtimes only)
 #   make test     set up, fetch MNIST, lint (ruff, import layers), run the unit tests + every notebook in smoke mode
 #   make soak     set up, run the server's soak test with faults for 5 minutes per mode (make test runs it for 15 s)
 #   make lab      set up, open JupyterLab on notebooks/ (the instructor's copy with solutions; saved without outputs)
@@ -73,7 +76,7 @@ $(STAMP): python-changed
 endif
 endif
 
-.PHONY: help setup data learn lab course test soak demo doctor wheelhouse site serve-site student strip clean distclean
+.PHONY: help setup data learn lab course times test soak demo doctor wheelhouse site serve-site student strip clean distclean
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -148,8 +151,14 @@ learn: data
 lab: data
 	$(JUPYTER_LAB) --notebook-dir=notebooks
 
+CHAPTERS :=
+
 course: data
-	$(PY) -m course_tools.course
+	$(PY) -m course_tools.course $(if $(CHAPTERS),--chapters $(CHAPTERS))
+
+# after make course: runtimes from build/course/runs.json into course_tools/runtimes.json, then the times computed from them
+times: setup
+	$(PY) -m course_tools.times $(if $(CHAPTERS),--chapters $(CHAPTERS))
 
 # the layers and the lint first (seconds), then every test tier but the slow platform checks .ci/run adds
 test: data

@@ -2,7 +2,8 @@
 
 A chapter whose executed copy is newer than its notebook and every other input it reads (`helpers/`, `monitoring/`,
 `web/`, requirements.txt) is skipped,
-so re-running only redoes what changed (`--force` redoes everything).
+so re-running only redoes what changed (`--force` redoes everything). `--chapters 01,03` (`make course CHAPTERS=01,03`)
+executes those chapters, and only those, whether or not they are up to date; the index lists the others' last runs.
 """
 
 from __future__ import annotations
@@ -97,7 +98,7 @@ def format_duration(seconds: float) -> str:
 def index_html(rows: list[dict]) -> str:
     def row(r: dict) -> str:
         over = over_budget(r)
-        status = (f"FAILED: {html.escape(r['error'])}" if r.get("error") is not None
+        status = ("not run yet" if r.get("not_run") else f"FAILED: {html.escape(r['error'])}" if r.get("error") is not None
                   else f"over budget: {html.escape(', '.join(over))}" if over else "ok")
         minutes = format_duration(r["seconds"]) if "seconds" in r else "-"
         memory = f"{r['peak_rss_mb'] / 1024:.2f} GiB" if "peak_rss_mb" in r else "-"
@@ -123,7 +124,20 @@ Runtime and peak memory were measured during the run ({format_duration(total)} i
 """
 
 
-def build_course(force: bool = False) -> bool:
+def chosen_chapters(names: str) -> set[str]:
+    """The stems of the chapters `names` lists ("01,03", or full stems); an unknown name is an error."""
+    stems = [notebook.stem for notebook in paths.notebooks()]
+    chosen = set()
+    for name in filter(None, (n.strip() for n in names.split(","))):
+        match = [s for s in stems if s == name or s.startswith(f"{name}_")]
+        if len(match) != 1:
+            raise SystemExit(f"CHAPTERS: {name!r} names no chapter (the chapters are {', '.join(s[:2] for s in stems)})")
+        chosen.update(match)
+    return chosen
+
+
+def build_course(force: bool = False, chapters: set[str] | None = None) -> bool:
+    """Execute the chapters (those in `chapters` only, always, when given) and write the index."""
     out = course_dir()
     out.mkdir(parents=True, exist_ok=True)
     runs_path = out / "runs.json"
@@ -133,7 +147,13 @@ def build_course(force: bool = False) -> bool:
         executed = out / notebook.name
         previous = runs.get(notebook.stem)
         fresh = executed.exists() and executed.stat().st_mtime > newest_input_mtime(notebook)
-        if not force and fresh and previous and previous.get("error") is None:
+        if chapters is not None and notebook.stem not in chapters:
+            if previous is None:
+                print(f"{notebook.name}: not chosen, never run here")
+                rows.append({**chapter_info(notebook), "not_run": True})
+                continue
+            print(f"{notebook.name}: not chosen ({previous['seconds']:.0f} s last time{'' if fresh else ', since changed'})")
+        elif chapters is None and not force and fresh and previous and previous.get("error") is None:
             print(f"{notebook.name}: up to date ({previous['seconds']:.0f} s last time), skipped")
         else:
             print(f"{notebook.name}: executing in full mode ...")
@@ -144,19 +164,23 @@ def build_course(force: bool = False) -> bool:
         rows.append({**chapter_info(notebook), **previous})
     (out / "index.html").write_text(index_html(rows), encoding="utf-8")
     print(f"Wrote {out / 'index.html'}")
-    over = {r["notebook"]: over_budget(r) for r in rows if over_budget(r)}
+    # judged: the chapters this call chose to run (all of them without --chapters)
+    judged = [r for r in rows if chapters is None or Path(r["notebook"]).stem in chapters]
+    over = {r["notebook"]: over_budget(r) for r in judged if over_budget(r)}
     for notebook, what in over.items():
         print(f"OVER BUDGET: {notebook} took {', '.join(what)} (on a slower machine than the course's 2-core reference "
               "this can be the machine; on the reference it is a regression)")
     if not over:
         print(f"Every chapter is within its budget ({FULL_MODE_BUDGET_S // 60} min, {MEMORY_BUDGET_MB / 1024:.0f} GiB).")
-    return all(r.get("error") is None for r in rows) and not over
+    return all(r.get("error") is None for r in judged) and not over
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--force", action="store_true", help="re-execute every chapter")
-    sys.exit(0 if build_course(force=parser.parse_args().force) else 1)
+    parser.add_argument("--chapters", default="", help="execute these chapters only, up to date or not: 01,03")
+    args = parser.parse_args()
+    sys.exit(0 if build_course(force=args.force, chapters=chosen_chapters(args.chapters) if args.chapters else None) else 1)
 
 
 if __name__ == "__main__":

@@ -42,8 +42,10 @@ def test_the_index_lists_each_chapter_with_its_runtime_and_failures(tmp_path):
     info = course.chapter_info(tiny_notebook(tmp_path / "99_ok.ipynb", "pass"))
     assert info["title"] == "Chapter 99 — A tiny test" and info["source"] == "§0"
     page = course.index_html([{**info, "seconds": 42.0, "peak_rss_mb": 2048, "error": None},
-                              {**info, "notebook": "98_bad.ipynb", "seconds": 150.0, "peak_rss_mb": 100, "error": "cell 3: ValueError: x"}])
+                              {**info, "notebook": "98_bad.ipynb", "seconds": 150.0, "peak_rss_mb": 100, "error": "cell 3: ValueError: x"},
+                              {**info, "notebook": "97_later.ipynb", "not_run": True}])  # make course CHAPTERS=99,98
     assert "42 s" in page and "2.5 min" in page and "2.00 GiB" in page and "FAILED: cell 3: ValueError: x" in page
+    assert "not run yet" in page
     assert "99_ok.html" in page and "98_bad.html" in page
 
 
@@ -77,3 +79,11 @@ def test_a_chapter_is_stale_when_any_input_it_reads_changes():
                      "monitoring/alerts.yml", "web/demo.js", "web/package-lock.json"):
         assert expected in inputs, expected
     assert not any("node_modules" in name or "__pycache__" in name for name in inputs)
+
+
+def test_make_course_chapters_names_chapters_by_number_or_stem_and_refuses_others():
+    stems = [notebook.stem for notebook in paths.notebooks()]
+    assert course.chosen_chapters("01, 03") == {stems[0], stems[2]}
+    assert course.chosen_chapters(stems[1]) == {stems[1]}
+    with pytest.raises(SystemExit, match="99"):
+        course.chosen_chapters("01,99")
