@@ -147,3 +147,23 @@ def test_the_readme_map_and_paragraph_follow_the_runtimes():
     assert f"chapter {stem[:2]} took 60.0 min, over its 5-minute budget" in readme
     with pytest.raises(ValueError, match="times:begin"):
         times.rewrite_readme("no block here", times.chapter_estimates(runtimes), runtimes)
+
+
+def test_the_instructors_guide_shows_the_times_computed_now():
+    expected = times.expected_files(times.load_runtimes())[times.INSTRUCTORS]
+    assert times.INSTRUCTORS.read_text(encoding="utf-8") == expected, f"docs/instructors.md: its times are out of date: {times.RUN_ME}"
+
+
+def test_the_instructors_table_and_agendas_follow_the_estimates():
+    runtimes = times.load_runtimes()
+    estimates = times.chapter_estimates(runtimes)
+    first = next(iter(estimates))
+    longer = {**estimates, first: times.Estimate(**{**vars(estimates[first]), "total": estimates[first].total + 60})}
+    before, after = times.guide_block(estimates, runtimes), times.guide_block(longer, runtimes)
+    half_day = [c for c in times.AGENDAS["Half a day"] if any(stem.startswith(c) for stem in estimates)]
+    minutes = sum(e.total for stem, e in estimates.items() if stem[:2] in half_day)
+    assert f"half a day ({half_day[0]}–{half_day[-1]}): {times.hours_and_minutes(minutes)} of chapters" in before
+    assert f"half a day ({half_day[0]}–{half_day[-1]}): {times.hours_and_minutes(minutes + 60)} of chapters" in after
+    assert f"| {estimates[first].total + 60} min |" in after
+    with pytest.raises(ValueError, match="times:guide:begin"):
+        times.rewrite_guide("no block here", estimates, runtimes)
