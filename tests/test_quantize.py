@@ -1,6 +1,7 @@
 """Quantization (chapter 05): the arithmetic, and each runtime's int8 file written, verified and faithful to its source."""
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 import torch
 
@@ -128,11 +129,22 @@ def test_onnx_dynamic_and_static_quantization_are_smaller_and_faithful(artifacts
     reference, source_bytes = eager(torch_source, x), integrity.total_bytes(integrity.verify_manifest(source))
     variants = [quantize.quantize_onnx(source, "source_cnn", "dynamic")]
     variants += [quantize.quantize_onnx(source, "source_cnn", "static", x, method) for method in quantize.ONNX_CALIBRATION_METHODS]
+    as_written = ort.SessionOptions()  # the QDQ graph's own arithmetic: quantize/dequantize, no fused int8 kernels
+    as_written.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     for directory in variants:
         manifest = integrity.verify_manifest(directory)
         assert manifest["source_card"] == CARD and manifest["inputs"] == {"images": ["N", 1, 28, 28, "float32"]}
         assert integrity.total_bytes(manifest) < 0.3 * source_bytes
-        assert close_to(reference, export.onnx_predictor(export.load_onnx(directory))(x)), directory
+        fused = export.onnx_predictor(export.load_onnx(directory))(x)
+        if manifest["quantization"]["format"] == "QDQ":
+            unfused = ort.InferenceSession(str(directory / "model.onnx"), as_written, providers=["CPUExecutionProvider"])
+            assert close_to(reference, unfused.run(None, {"images": x})[0]), directory
+            # ONNX Runtime's fused int8 kernels on an x86 CPU without VNNI (AVX2 only) multiply u8 by s8 in pairs
+            # summed into int16, which saturates on inputs as large as these random ones (its documentation's
+            # reduce_range advice): 14 % of the largest logit on such a CPU against 1 % without the fusion
+            assert close_to(reference, fused, 0.2), directory
+        else:
+            assert close_to(reference, fused), directory
     static = variants[1]
     assert quantize.onnx_activation_ranges(__import__("onnx").load(static / "model.onnx").graph)["images"] == pytest.approx(1.0, abs=0.01)
     with pytest.raises(ValueError, match="calibration images"):
