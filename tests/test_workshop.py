@@ -207,4 +207,5 @@ def test_the_instructor_guide_has_measured_times_for_every_chapter():
         number = notebook.name[:2]
         row = next((line for line in guide.splitlines() if line.startswith(f"| {number} ")), None)
         assert row, f"docs/instructors.md has no row for chapter {number}"
-        assert re.match(rf"\| {number} [^|]+\| {duration} \| {duration} \| \d+\.\d GiB \| \d+ min \|$", row), row
+        # the time to teach it, its measured full-mode runtime, and where that was measured (make times writes the row)
+        assert re.match(rf"\| {number} [^|]+\| \d+ min \| {duration} \| [^|]*\d{{4}}-\d\d-\d\d \|$", row), row
