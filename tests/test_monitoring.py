@@ -22,6 +22,25 @@ def test_the_alerting_rules_are_valid_and_their_unit_tests_pass():
         assert "SUCCESS" in result.stdout
 
 
+@needs_promtool
+@pytest.mark.integration  # real promtool, Prometheus or server processes
+def test_check_rules_passes_the_course_rules_and_refuses_a_rule_that_breaks_its_test(tmp_path):
+    assert "SUCCESS" in monitoring.check_rules(monitoring.RULES, monitoring.RULES.parent / "alerts_test.yml")
+    broken = monitoring.RULES.read_text().replace("model_drift_flagged_in_a_row) >= 2", "model_drift_flagged_in_a_row) >= 1")
+    (tmp_path / "alerts.yml").write_text(broken)
+    shutil.copy(monitoring.RULES.parent / "alerts_test.yml", tmp_path / "alerts_test.yml")
+    monitoring.check_rules(tmp_path / "alerts.yml")  # still valid PromQL
+    with pytest.raises(ValueError, match="DataDriftDetected"):
+        monitoring.check_rules(tmp_path / "alerts.yml", tmp_path / "alerts_test.yml")
+
+
+def test_rule_reads_one_rule_of_the_course_file():
+    drift = monitoring.rule("DataDriftDetected")
+    assert drift["expr"].strip() == "max by (model) (model_drift_flagged_in_a_row) >= 2" and drift["for"] == "250ms"
+    with pytest.raises(KeyError):
+        monitoring.rule("NoSuchAlert")
+
+
 @pytest.mark.integration  # real promtool, Prometheus or server processes
 @pytest.mark.skipif(not monitoring.prometheus_available(), reason="prometheus is not installed (apt-get install prometheus)")
 def test_a_real_prometheus_scrapes_the_server_and_answers_promql(tmp_path, artifacts_in_tmp):

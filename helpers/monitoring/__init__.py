@@ -1,6 +1,7 @@
 """Watching a deployed model (chapter 07): a real Prometheus, and data-drift detectors measured as detectors should be.
 
     prometheus   start a real Prometheus (scrape config + monitoring/alerts.yml), PromQL queries, waits, alerts;
+                 check_rules: promtool check/test rules; rule: one rule of a rules file;
                  read_metrics/metric: the server's /metrics page without Prometheus
     shifts       simulated drift: rotation, noise, dimming, blur, thickness (SHIFTS, apply_shift), class-prior shift,
                  severity_for_drop (the severity that costs a chosen accuracy drop)
@@ -31,12 +32,14 @@ from helpers.monitoring.prometheus import (
     RULES,
     alerts,
     api_result,
+    check_rules,
     metric,
     prometheus_available,
     query,
     query_range,
     read_metrics,
     record_alerts,
+    rule,
     running_prometheus,
     wait_for_first_scrape,
     wait_for_value,
@@ -59,7 +62,7 @@ from helpers.serving.drift import DRIFT_REFERENCE, DriftMonitor, KSDetector, add
 __all__ = [
     # prometheus
     "RULES", "prometheus_available", "write_config", "running_prometheus", "api_result", "query", "query_range",
-    "wait_for_first_scrape", "wait_for_value", "alerts", "record_alerts", "read_metrics", "metric",
+    "wait_for_first_scrape", "wait_for_value", "alerts", "record_alerts", "read_metrics", "metric", "check_rules", "rule",
     # shifts
     "rotate", "noise", "dim", "blur", "thicken", "SHIFTS", "apply_shift", "class_prior_shift", "severity_for_drop",
     # detectors

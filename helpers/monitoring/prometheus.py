@@ -3,12 +3,14 @@ writes a scrape configuration (with the course's alerting rules, `monitoring/ale
 starts the `prometheus` binary on a free 127.0.0.1 port with its data under `artifacts/prometheus/<port>/`, and stops
 it when the block ends; `query`/`query_range` speak its HTTP API (PromQL), `wait_for_*` poll it until a scrape or a
 value has arrived, and `alerts`/`record_alerts` read the alerting rules' state. Without Prometheus, `read_metrics` and
-`metric` parse the server's own /metrics page: current values only, no history.
+`metric` parse the server's own /metrics page: current values only, no history. `check_rules` runs `promtool` on a
+rules file and its unit tests; `rule` reads one rule from a rules file.
 """
 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,6 +24,37 @@ RULES = paths.ROOT / "monitoring" / "alerts.yml"
 
 def prometheus_available() -> bool:
     return shutil.which("prometheus") is not None and shutil.which("promtool") is not None
+
+
+def check_rules(rules: Path, tests: Path | None = None, timeout_s: float = 120) -> str:
+    """`promtool check rules` on `rules` and, given `tests`, `promtool test rules` on that unit-test file (run from its
+    folder, where its `rule_files` are looked up). Returns promtool's output; raises ValueError quoting it when either
+    fails, FileNotFoundError when promtool is not installed."""
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        raise FileNotFoundError(with_fix("promtool is not installed", "prometheus"))
+    commands = [([promtool, "check", "rules", Path(rules).name], Path(rules).resolve().parent)]
+    if tests is not None:
+        commands.append(([promtool, "test", "rules", Path(tests).name], Path(tests).resolve().parent))
+    outputs = []
+    for command, folder in commands:
+        result = subprocess.run(command, cwd=folder, capture_output=True, text=True, timeout=timeout_s)
+        output = (result.stdout + result.stderr).strip()
+        outputs.append(f"$ promtool {' '.join(command[1:])}\n{output}")
+        if result.returncode != 0:
+            raise ValueError(f"promtool {' '.join(command[1:])} failed (exit {result.returncode}):\n{output}")
+    return "\n".join(outputs)
+
+
+def rule(name: str, rules: Path = RULES) -> dict:
+    """The alerting (or recording) rule called `name` in a rules file, as parsed YAML: expr, for, labels, ..."""
+    import yaml
+
+    groups = yaml.safe_load(Path(rules).read_text())["groups"]
+    found = [r for g in groups for r in g["rules"] if name in (r.get("alert"), r.get("record"))]
+    if len(found) != 1:
+        raise KeyError(f"{len(found)} rules called {name!r} in {rules}")
+    return found[0]
 
 
 def write_config(path: Path, targets: list[str], scrape_interval_s: float = 1.0, rules: Path | None = RULES) -> Path:
