@@ -3,10 +3,12 @@
     from helpers import show, export
     show.source(export.save_serving_model)          # the whole function, highlighted, with its file:line
     show.source(export.save_serving_model, lines=(1, 12))   # only its first twelve lines (1-based, inclusive)
+    show.file_excerpt("web/demo.js", "async function inferDevice(", "}")  # a part of any file, found by its markers
 
 In JupyterLab and on the course's HTML pages the code is highlighted (IPython's `Code`, which uses Pygments); in a
 terminal it prints as plain text. Nothing is copied into the notebook, so the shown code can never drift from the
-module's.
+module's. Files that are not Python modules (the page's JavaScript) are excerpted by marker strings, not line
+numbers, for the same reason: the excerpt follows the code when lines are added above it.
 """
 
 from __future__ import annotations
@@ -59,9 +61,24 @@ def get(obj, lines: tuple[int, int] | None = None) -> Source:
     return Source(text, relative(inspect.getsourcefile(obj)), first, first + len(text_lines) - 1, name)
 
 
-def source(obj, lines: tuple[int, int] | None = None) -> None:
-    """Display `obj`'s source highlighted, headed by its name and file:line (`get` returns it instead)."""
-    found = get(obj, lines)
+def excerpt(path, start: str, end: str) -> Source:
+    """The lines of the text file `path` (relative to the course's root, or absolute) from the one line that contains
+    `start` through the first later line that begins with `end` (so `end="}"` stops at the closing brace in column 0
+    that ends a top-level JavaScript function). A `start` found in no line or in several, or no `end` after it, raises
+    ValueError: an excerpt never silently shows other code."""
+    file = Path(path) if Path(path).is_absolute() else paths.ROOT / path
+    lines = file.read_text(encoding="utf-8").splitlines()
+    starts = [number for number, line in enumerate(lines) if start in line]
+    if len(starts) != 1:
+        raise ValueError(f"{start!r} is in {len(starts)} lines of {relative(str(file))}, not exactly one")
+    first = starts[0]
+    last = next((number for number in range(first + 1, len(lines)) if lines[number].startswith(end)), None)
+    if last is None:
+        raise ValueError(f"no line of {relative(str(file))} after {start!r} begins with {end!r}")
+    return Source("\n".join(lines[first:last + 1]), relative(str(file)), first + 1, last + 1, f"{file.name}: {start.strip()}")
+
+
+def display_source(found: Source, language: str) -> None:
     try:
         from IPython import get_ipython
         from IPython.display import Code, Markdown, display
@@ -71,4 +88,14 @@ def source(obj, lines: tuple[int, int] | None = None) -> None:
     if get_ipython() is None:
         print(found)
         return
-    display(Markdown(f"`{found.name}` — from `{found.where}`"), Code(found.text, language="python"))
+    display(Markdown(f"`{found.name}` — from `{found.where}`"), Code(found.text, language=language))
+
+
+def file_excerpt(path, start: str, end: str, language: str = "javascript") -> None:
+    """Display an excerpt of any of the course's files (`excerpt` says which lines), highlighted as `language`."""
+    display_source(excerpt(path, start, end), language)
+
+
+def source(obj, lines: tuple[int, int] | None = None) -> None:
+    """Display `obj`'s source highlighted, headed by its name and file:line (`get` returns it instead)."""
+    display_source(get(obj, lines), "python")
