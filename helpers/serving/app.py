@@ -72,6 +72,7 @@ class Settings:
     demo: bool = False  # serve the browser demo under /demo/ (chapter 09)
     metrics_need_key: bool = False  # /metrics lists every model and version: behind the API key when the server is
     # reachable from the network (python -m helpers.serving decides: see its --metrics-access)
+    worker: int | None = None  # with --workers N: this process's index, 0 to N-1 (workers.py); None: the only process
 
 
 def create_app(settings: Settings) -> FastPath:
@@ -84,7 +85,8 @@ def create_app(settings: Settings) -> FastPath:
                   docs_url=None, redoc_url=None, openapi_url=None, exception_handlers={StarletteHTTPException: http_error},
                   routes=[r for r in table if not isinstance(r, FastRoute)])
     app.state.server = server  # for whoever holds the app only (tests, demo.add_routes); routes are given it
-    return FastPath(app, [r for r in table if isinstance(r, FastRoute)])
+    fast = [r for r in table if isinstance(r, FastRoute)]
+    return FastPath(app, fast) if settings.worker is None else WorkerPath(app, fast, settings.worker)
 
 
 class RetryLater(RequestError):
@@ -125,12 +127,41 @@ class FastPath:
         await self.app(scope, receive, send)
 
 
+class WorkerPath(FastPath):
+    """FastPath for one of several workers (--workers N): every answer names the worker that gave it in a
+    `Server-Worker` header (its index, 0 to N-1, not its pid), so a client, a test or an operator can tell which
+    process answered; the kernel picks a worker per connection, so every answer on one connection names the same."""
+
+    HEADER = b"server-worker"
+
+    def __init__(self, app: FastAPI, routes: list[Route], worker: int):
+        super().__init__(app, routes)
+        self.header = (self.HEADER, str(worker).encode())
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+
+        async def named(message):
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", ()), self.header]
+            await send(message)
+
+        await super().__call__(scope, receive, named)
+
+
 class Server:
-    """The state behind the routes: repository, callers (batchers or direct), drift monitors, metrics, settings."""
+    """The state behind the routes: repository, callers (batchers or direct), drift monitors, metrics, settings.
+
+    With --workers N, each worker is a process with a Server of its own, and all of this is per worker: its own
+    repository watcher (it verifies, loads and warms every version itself, and swaps it in on its own scan, so for up
+    to a poll interval two workers may serve different latest versions), its callers and queues (max_queue is per
+    worker), its drift monitors (each tests windows of the outputs it computes), its readiness. Only the metrics are
+    the server's as a whole (ServerMetrics(multiprocess=True): counters summed across workers)."""
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.metrics = ServerMetrics()
+        self.metrics = ServerMetrics(multiprocess=settings.worker is not None)  # workers share their metrics' files
         self.repository = ModelRepository(settings.repository, on_load=self.count_load)
         # id(version state) -> (state, its DynamicBatcher or DirectCalls); the state is kept so its id stays unique
         self.callers: dict[int, tuple] = {}

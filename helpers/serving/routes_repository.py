@@ -8,7 +8,9 @@ triton-inference-server/server (listed as `model_repository` in GET /v2's extens
                                                        with the server's settings filled in, and a refused file's error
                                                        (Triton's model configuration extension, in this server's terms)
 
-Behind the API key like inference: unloading a model is an outage. None of them holds up the event loop: an unload
+Behind the API key like inference: unloading a model is an outage. With --workers N, load and unload answer 501:
+each worker has a repository of its own, and the request would reach one of them; the index and the config show the
+answering worker's view (all scan the same folder). None of them holds up the event loop: an unload
 answers at once even while the watcher is loading that model (it drops what it loaded), a load runs in a worker thread.
 """
 
@@ -58,6 +60,10 @@ async def load_or_unload(server: Server, request: Request, labels: dict) -> Resp
     action = request.path_params["action"]
     if action not in ("load", "unload"):
         raise RequestError(404, f"no such repository action '{action}'; use load or unload")
+    if server.settings.worker is not None:  # each worker has its own repository: it would (un)load in one of them only
+        raise RequestError(501, f"{action} is not available with --workers: it would reach only the worker answering "
+                           "this connection. Serve or stop serving a model for every worker through the repository "
+                           "itself (its folder, or the version policy of its config.json), or run one worker")
     # Both off the event loop, so health checks and inference answer meanwhile. A load waits for the watcher's scan of
     # the model, if one is running, then reads, verifies and warms up its versions: seconds. An unload only swaps a
     # dictionary, but it may drop the last reference to a backend, and freeing one (a TensorFlow graph) takes a while.
