@@ -1,4 +1,5 @@
-"""python -m helpers.serving --repository DIR [--port 8500] [--batching] ...: run the inference server on uvicorn."""
+"""python -m helpers.serving --repository DIR [--port 8500] [--batching] [--workers N] ...: run the inference server on
+uvicorn, in one process, or with --workers N in N worker processes under a supervisor (workers.py)."""
 
 from __future__ import annotations
 
@@ -44,7 +45,8 @@ def parse_args(argv=None):
     parser.add_argument("--metrics-access", choices=("auto", "open", "key"), default="auto",
                         help="who may read /metrics: open, or only with the API key (auto: open when bound to loopback, "
                              "else the key)")
-    parser.add_argument("--max-connections", type=int, default=1000, help="beyond this many, new connections get 503")
+    parser.add_argument("--max-connections", type=int, default=1000,
+                        help="beyond this many, new connections get 503 (per worker with --workers)")
     limits = ConnectionLimits()
     parser.add_argument("--header-timeout-s", type=positive(float), default=limits.header_timeout_s,
                         help="close a connection whose request headers take longer than this (408 if the request began)")
@@ -55,7 +57,15 @@ def parse_args(argv=None):
     parser.add_argument("--max-header-bytes", type=positive(int), default=limits.max_header_bytes,
                         help="answer 431 and close when a request's line and headers are larger than this")
     parser.add_argument("--max-connections-per-client", type=int, default=limits.max_per_client,
-                        help="close at once a connection beyond this many open from one address (0: no limit)")
+                        help="close at once a connection beyond this many open from one address (0: no limit; per "
+                             "worker with --workers)")
+    parser.add_argument("--workers", type=positive(int), default=1,
+                        help="worker processes answering on the port, each with its own copy of the models; their "
+                             "metrics are reported together (default 1: one process, no supervisor; see "
+                             "helpers/serving/workers.py)")
+    # set by the supervisor of --workers N for each worker it starts (workers.py), never by hand
+    parser.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
@@ -124,14 +134,25 @@ def main(argv=None) -> int:
     if not args.repository.is_dir():
         print(f"no model repository at {args.repository}", file=sys.stderr)
         return 2
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    worker = args.worker_index
+    if args.workers > 1 and worker is None:
+        from helpers.serving import workers
+
+        return workers.supervise(args, sys.argv[1:] if argv is None else list(argv))
+    name = "%(name)s" if worker is None else f"%(name)s[worker {worker}]"
+    logging.basicConfig(level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s {name}: %(message)s")
     settings = Settings(repository=args.repository, api_key=key, max_body_bytes=args.max_body_bytes,
                         max_batch_size=args.max_batch_size, request_timeout_s=args.request_timeout_s, batching=args.batching,
                         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms,
                         poll_interval_s=args.poll_interval_s, drift_window=args.drift_window,
                         drift_alpha=args.drift_alpha, demo=args.demo, max_queue=args.max_queue,
-                        inline_below_us=args.inline_below_us, metrics_need_key=metrics_need_key(args, key))
+                        inline_below_us=args.inline_below_us, metrics_need_key=metrics_need_key(args, key), worker=worker)
     app = create_app(settings)
+    if worker is not None:  # one of --workers N, on the socket its supervisor bound
+        from helpers.serving import workers
+
+        return workers.serve(app, dict(log_level="warning", access_log=False, loop="uvloop", http=http_protocol(args, app),
+                                       ws="none", limit_concurrency=args.max_connections), args.listen_fd)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, loop="uvloop",
                 http=http_protocol(args, app), ws="none", limit_concurrency=args.max_connections)
     return 0

@@ -13,6 +13,9 @@ from __future__ import annotations
 
 import os
 import sys
+import time
+import urllib.error
+import urllib.request
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +42,8 @@ def running_server(repository: Path, batching: bool = False, api_key: str | None
                    demo: bool = False, port: int | None = None, host: str = "127.0.0.1", **options):
     """The course's inference server on a free port (or `port`) of 127.0.0.1 (or `host`: any other address needs
     `api_key`). `options` are its command-line flags, e.g. batch_max_delay_ms=2; `demo=True` also serves the browser
-    demo under /demo/. The key reaches the server in its environment, never on its command line."""
+    demo under /demo/; `workers=N` runs N worker processes, and the block starts once every one of them is ready.
+    The key reaches the server in its environment, never on its command line."""
     port = port or free_port()
     command = [sys.executable, "-m", "helpers.serving", "--repository", str(Path(repository).resolve()), "--port", str(port),
                "--host", host]
@@ -49,4 +53,23 @@ def running_server(repository: Path, batching: bool = False, api_key: str | None
         command += [f"--{flag.replace('_', '-')}", str(value)]
     env = {"COURSE_SERVING_API_KEY": api_key or ""}
     with running(command, "/v2/health/ready", name, port, env, host=host) as (url, process, log):
+        if int(options.get("workers", 1)) > 1:
+            wait_for_workers(url, int(options["workers"]), process, log)
         yield RunningServer(url, process.pid, log, api_key)
+
+
+def wait_for_workers(url: str, count: int, process, log: Path, timeout_s: float = 120.0) -> None:
+    """With --workers N the server is ready once its first worker is (workers.py): wait until each of the `count`
+    has answered /v2/health/ready with 200, on a new connection each time (the kernel picks the worker per connection;
+    the answer's Server-Worker header names it), so that a test or a load test starts with every worker serving."""
+    ready, deadline = set(), time.monotonic() + timeout_s
+    while len(ready) < count:
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"only workers {sorted(ready)} of {count} became ready within {timeout_s} s (the server "
+                               f"{'exited' if process.poll() is not None else 'runs'}); end of {log}:\n"
+                               + log.read_text()[-3000:])
+        try:
+            with urllib.request.urlopen(url + "/v2/health/ready", timeout=2) as response:
+                ready.add(response.headers.get("Server-Worker"))
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            time.sleep(0.05)
