@@ -13,6 +13,7 @@
     routes_repository  the model repository extension: index, load, unload
     routes_ops  /metrics and the load-test floors
     demo        the browser demo under /demo/ (chapter 09)
+    workers     --workers N: N worker processes on one port under a supervisor, their metrics shared
     process     start a server (or any HTTP process) from a notebook and always stop it
     client      a small Python client for both protocols
     loadgen     load tests with wrk

@@ -9,7 +9,8 @@ that decided it, inference_call_seconds; chapter 06) and the requests shed when 
 With --workers N (N > 1; workers.py), each worker is a process of its own, and `ServerMetrics(multiprocess=True)`
 keeps its metrics in the files of prometheus-client's multiprocess mode (PROMETHEUS_MULTIPROC_DIR, a fresh folder per
 server start): the worker answering a scrape reports every worker's, merged by a MultiProcessCollector. Counters and
-histograms add up across workers, a dead worker's included (what it answered was answered). Each gauge says how the
+histograms add up across workers, a dead worker's included (what it answered was answered; model_loads_total
+counts each worker's own load of a version, so N per version), and have no `_created` samples. Each gauge says how the
 workers' values combine (`multiprocess_mode`; the "live" modes forget a worker that died, which workers.py marks dead):
 
     inference_queue_depth           livesum         requests waiting in all the workers together

@@ -4,7 +4,8 @@ binary tensors of /infer follow Triton's binary tensor data extension (docs/prot
 triton-inference-server/server).
 
     GET  /v2/health/live                         the process answers (no key: for probes)
-    GET  /v2/health/ready                        every model has a version to serve (no key)
+    GET  /v2/health/ready                        every model has a version to serve (no key); with --workers N,
+                                                 in the worker that answers (the kernel picks one per connection)
     GET  /v2                                     server name, version, extensions
     GET  /v2/models/<m>[/versions/<v>]           model metadata: versions, platform, input and output tensors
     GET  /v2/models/<m>[/versions/<v>]/ready     200 if that version can answer, 400 if loaded but not ready
