@@ -1,7 +1,8 @@
 # The course's commands. Each one sets up what it needs first, and re-running skips what is done.
 #   make learn    set up, copy the exercises (no solutions) into workspace/ once, open JupyterLab there: learners start here
 #                 (your work in workspace/ is never overwritten; REFRESH=03 or REFRESH=all starts afresh, with a backup)
-#   make setup    create .venv with the pinned packages, the course kernel and the system programs apt-get can install
+#   make setup    create .venv with the pinned packages, the course kernel and the system programs apt-get can install,
+#                 and chapter 10's model servers in venvs of their own (build/servers/<name>/, from servers/<name>/)
 #   make data     set up, fetch MNIST into data/ and verify it (says why each source failed)
 #   make course   set up, fetch MNIST, execute every chapter (full mode) -> build/course/index.html
 #                 (CHAPTERS=01,03: execute those chapters only, up to date or not)
@@ -18,7 +19,8 @@
 #                 (HOST=0.0.0.0: for a room, with an API key in the address it prints)
 #   make student  write build/student/: the notebooks with solutions replaced by stubs
 #   make strip    clear outputs from notebooks/ before committing (the tests refuse committed outputs)
-#   make clean    delete build/ (but its wheelhouse) and artifacts/ (distclean: also .venv, data/mnist.npz, the wheelhouse)
+#   make clean    delete build/ (but its wheelhouse and the servers' venvs) and artifacts/ (distclean: also .venv, data/mnist.npz,
+#                 the wheelhouse, the servers' venvs)
 #   OFFLINE=1 WHEELHOUSE=path   with setup (or any command above): install from a wheelhouse, with no network at all
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
@@ -82,6 +84,8 @@ help:
 	@sed -n 's/^#   //p' Makefile
 
 setup: $(STAMP)
+	@# chapter 10's model servers, each in its own venv under build/servers/ (quick when they are up to date)
+	@$(PY) -m course_tools.server_envs
 
 $(STAMP): $(REQUIREMENTS) pyproject.toml Makefile web/package-lock.json course_tools/__init__.py
 	@if [ -z "$(SETUP_PYTHON)" ]; then \
@@ -209,8 +213,9 @@ strip: setup
 	$(PY) -m course_tools.nbclean notebooks/*.ipynb
 
 clean:
-	@# the wheelhouse is kept: it may be the only way this machine can install anything
-	find build -mindepth 1 -maxdepth 1 ! -name wheelhouse -exec rm -rf {} + 2>/dev/null; rm -rf artifacts
+	@# the wheelhouse is kept: it may be the only way this machine can install anything; so are the servers' venvs
+	@# (build/servers/, chapter 10), installed like .venv
+	find build -mindepth 1 -maxdepth 1 ! -name wheelhouse ! -name servers -exec rm -rf {} + 2>/dev/null; rm -rf artifacts
 
 distclean: clean
 	rm -rf build $(VENV) data/mnist.npz
