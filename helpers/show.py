@@ -4,6 +4,7 @@
     show.source(export.save_serving_model)          # the whole function, highlighted, with its file:line
     show.source(export.save_serving_model, lines=(1, 12))   # only its first twelve lines (1-based, inclusive)
     show.file_excerpt("web/demo.js", "async function inferDevice(", "}")  # a part of any file, found by its markers
+    show.file("servers/litserve/server.py")                  # a whole file, with its line count
 
 In JupyterLab and on the course's HTML pages the code is highlighted (IPython's `Code`, which uses Pygments); in a
 terminal it prints as plain text. Nothing is copied into the notebook, so the shown code can never drift from the
@@ -78,6 +79,14 @@ def excerpt(path, start: str, end: str) -> Source:
     return Source("\n".join(lines[first:last + 1]), relative(str(file)), first + 1, last + 1, f"{file.name}: {start.strip()}")
 
 
+def whole(path) -> Source:
+    """The whole text file `path` (relative to the course's root, or absolute), trailing blank lines dropped."""
+    file = Path(path) if Path(path).is_absolute() else paths.ROOT / path
+    text = file.read_text(encoding="utf-8").rstrip("\n")
+    count = len(text.splitlines())
+    return Source(text, relative(str(file)), 1, count, f"{file.name}, {count} lines")
+
+
 def display_source(found: Source, language: str) -> None:
     try:
         from IPython import get_ipython
@@ -94,6 +103,15 @@ def display_source(found: Source, language: str) -> None:
 def file_excerpt(path, start: str, end: str, language: str = "javascript") -> None:
     """Display an excerpt of any of the course's files (`excerpt` says which lines), highlighted as `language`."""
     display_source(excerpt(path, start, end), language)
+
+
+def file(path, language: str | None = None) -> None:
+    """Display one of the course's files whole, headed by its name and line count (the language is taken from the
+    file's suffix unless given)."""
+    suffix = Path(path).suffix
+    language = language or {".py": "python", ".js": "javascript", ".json": "json", ".yml": "yaml", ".yaml": "yaml",
+                             ".pbtxt": "protobuf"}.get(suffix, "text")
+    display_source(whole(path), language)
 
 
 def source(obj, lines: tuple[int, int] | None = None) -> None:

@@ -55,3 +55,13 @@ def test_a_file_excerpt_prints_outside_a_notebook(capsys):
     show.file_excerpt("web/preprocess.js", "function centreByMass(", "  }")
     out = capsys.readouterr().out
     assert "web/preprocess.js:" in out and "function centreByMass(image)" in out
+
+
+def test_a_whole_file_is_shown_with_its_line_count(tmp_path, capsys):
+    path = tmp_path / "server.py"
+    path.write_text("import os\n\nprint(os.getcwd())\n\n\n")
+    found = show.whole(path)
+    assert (found.first_line, found.last_line, found.text) == (1, 3, "import os\n\nprint(os.getcwd())")
+    assert found.name == "server.py, 3 lines"
+    show.file(path)
+    assert "server.py, 3 lines" in capsys.readouterr().out
