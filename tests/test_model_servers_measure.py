@@ -99,3 +99,40 @@ def test_load_row_adds_the_servers_cpu_per_request_and_memory(monkeypatch):
     assert row["server"] == "fake" and row["requests"] == 100
     assert row["cpu_ms_per_request"] == pytest.approx(5.0, abs=2.5)  # 0.5 s / 100 requests
     assert row["rss_mib"] > 1 and row["processes"] == 2
+
+
+def test_py_spy_frames_are_attributed_to_their_package(tmp_path):
+    from helpers import paths
+    from helpers.model_servers import profile
+
+    site = "/x/.venv/lib/python3.11/site-packages"
+    assert profile.package_of(f"run ({site}/onnxruntime/capi/onnxruntime_inference_collection.py:266)") == "onnxruntime"
+    assert profile.package_of(f"__call__ ({site}/starlette/routing.py:73)") == "starlette"
+    assert profile.package_of(f"infer ({paths.ROOT}/helpers/serving/routes_v2.py:40)") == "helpers.serving"
+    assert profile.package_of(f"predict ({paths.ROOT}/servers/litserve/server.py:38)") == "servers/litserve"
+    assert profile.package_of("select (/usr/lib/python3.11/selectors.py:468)") == "python: selectors"
+    assert profile.package_of("run_once (/usr/lib/python3.11/asyncio/base_events.py:1922)") == "python: asyncio"
+    assert profile.package_of('process 28218:"python -m helpers.serving"') == "native code (no Python frame)"
+    raw = tmp_path / "1.txt"
+    raw.write_text(f"main (a.py:1);run ({site}/onnxruntime/x.py:2) 3\nmain (a.py:1);get ({site}/starlette/y.py:5) 1\n")
+    frames = profile.innermost_frames([raw])
+    assert profile.shares(frames) == {"onnxruntime": 0.75, "starlette": 0.25}
+    assert profile.functions(frames, "starlette") == {"y.py:get": 0.25}
+
+
+def test_cpu_is_split_by_what_each_process_does():
+    import subprocess
+    import sys
+    import time
+
+    from helpers.model_servers import measure
+
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; subprocess.run([sys.executable, '-m', 'json.tool', "
+                               "'--help'], capture_output=True); sum(range(10**7)); import time; time.sleep(5)"])
+    try:
+        time.sleep(2)
+        roles = measure.cpu_by_role([parent.pid])
+        assert roles.get("python -c", 0) > 0.05, roles  # the parent's own loop, and its exited child's time
+    finally:
+        parent.kill()
+        parent.wait()
