@@ -85,10 +85,21 @@ def module_names(distribution: str) -> list[str]:
     return modules_by_distribution().get(distribution) or [distribution.replace("-", "_")]
 
 
+# pinned distributions that install a program and no Python module: findable means the program is there
+PROGRAMS = {"py-spy"}
+
+
+def findable(name: str) -> bool:
+    if name in PROGRAMS:
+        return Path(sys.executable).with_name(name).exists() or shutil.which(name) is not None
+    return any(importlib.util.find_spec(m) is not None for m in module_names(name))
+
+
 def check_packages(pins: dict[str, str] | None = None, installed=env.installed_version, importable=None) -> Check:
-    """Every pin installed at its version, and its modules findable (without importing the heavy ones)."""
+    """Every pin installed at its version, and its modules (or, for a program, its executable) findable, without
+    importing the heavy ones."""
     pins = env.pinned_versions() if pins is None else pins
-    importable = importable or (lambda name: any(importlib.util.find_spec(m) is not None for m in module_names(name)))
+    importable = importable or findable
     wrong = []
     for name, pinned in pins.items():
         version = installed(name)

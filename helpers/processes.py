@@ -11,6 +11,7 @@ process's own descendants.
     adopt_orphans()                             orphaned descendants stay descendants (Linux), so the above find them
     signal_when_parent_dies(sig)                `sig` to this process when its parent exits (a launcher under `make`)
     free_port(), port_free(port)                ports on 127.0.0.1
+    free_port_to_bind_later()                   a port outside the kernel's ephemeral range, for a later bind
 
 Stopping lists the whole tree with psutil before any signal: a process group is not enough, since torchrun starts each
 worker in a session of its own, and a child whose parent has gone is no longer under it. Then SIGTERM, a grace period,
@@ -50,6 +51,19 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def free_port_to_bind_later(low: int = 20000, high: int = 32000) -> int:
+    """A free port for a program that binds it only later, after other programs have started: chosen below the kernel's
+    ephemeral range (32768-60999 by default, where `free_port` and every outgoing connection draw from) and above Ray's
+    worker ports (10002-19999), so that nothing started meanwhile is handed the same port by the kernel."""
+    import random
+
+    for _ in range(200):
+        port = random.randint(low, high)
+        if port_free(port) and port_free(port, "0.0.0.0"):
+            return port
+    raise RuntimeError(f"no free port between {low} and {high}")
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:

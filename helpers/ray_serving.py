@@ -22,7 +22,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from helpers import processes
-from helpers.processes import free_port
+from helpers.processes import free_port_to_bind_later
 from helpers.serving import protocols
 from helpers.serving.backends import load_backend
 from helpers.serving.protocols import RequestError
@@ -50,7 +50,10 @@ def running_ray(http_port: int, num_cpus: int = 2, haproxy: bool = False):
     settings = {"RAY_SERVE_ENABLE_HA_PROXY": "1" if haproxy else "0", "RAY_SERVE_HAPROXY_CONFIG_FILE_LOC": str(home / "haproxy.cfg"),
                 "RAY_SERVE_HAPROXY_SOCKET_PATH": str(home / "admin.sock"), "RAY_SERVE_HAPROXY_SERVER_STATE_BASE": str(home),
                 "RAY_SERVE_HAPROXY_SERVER_STATE_FILE": str(home / "server-state"), "RAY_SERVE_HAPROXY_METRICS_ENABLED": "0",
-                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port()), "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port()),
+                # HAProxy binds these only once Serve starts it, after Ray's processes took their ports: chosen outside the range
+                # the kernel hands out, so none of them can have taken the same one meanwhile
+                "RAY_SERVE_HAPROXY_METRICS_PORT": str(free_port_to_bind_later()),
+                "RAY_SERVE_HAPROXY_STATS_PORT": str(free_port_to_bind_later()),
                 # a removed replica stays reachable this long so a load balancer can stop sending to it (default 30 s);
                 # one machine, one load balancer: 2 s is plenty, and redeploying stays quick
                 "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S": "2"}

@@ -224,3 +224,10 @@ def test_the_serving_module_reexports_the_process_helpers():
 def test_adopting_orphans_is_a_no_op_where_there_are_no_subreapers(monkeypatch):
     monkeypatch.setattr(sys, "platform", "darwin")
     assert processes.adopt_orphans() is False
+
+
+def test_a_port_to_bind_later_is_free_and_outside_the_ephemeral_range():
+    from helpers.processes import free_port_to_bind_later, port_free
+
+    port = free_port_to_bind_later()
+    assert 20000 <= port <= 32000 and port_free(port)

@@ -100,6 +100,8 @@ def worker_processes(server) -> dict[int, psutil.Process]:
             command = child.cmdline()
         except psutil.Error:  # a worker that died and is not reaped yet
             continue
+        if "--worker-index" not in command:  # a zombie not reaped yet lists no command line at all
+            continue
         found[int(command[command.index("--worker-index") + 1])] = child
     return found
 

@@ -209,3 +209,10 @@ def test_the_instructor_guide_has_measured_times_for_every_chapter():
         assert row, f"docs/instructors.md has no row for chapter {number}"
         # the time to teach it, its measured full-mode runtime, and where that was measured (make times writes the row)
         assert re.match(rf"\| {number} [^|]+\| \d+ min \| {duration} \| [^|]*\d{{4}}-\d\d-\d\d \|$", row), row
+
+
+def test_a_pinned_program_without_a_python_module_counts_as_installed():
+    """py-spy installs a program and no module: the doctor looks for the program, not for a module named py_spy."""
+    check = doctor.check_packages({"py-spy": env.installed_version("py-spy")})
+    assert check.status == "ok", check
+    assert not doctor.findable("surely-not-a-package-anywhere")
