@@ -11,6 +11,9 @@ A requirements file may name the Python it needs on a line `# python: 3.11` (Tri
 
     python -m course_tools.server_envs            build what is missing or out of date
     python -m course_tools.server_envs --check    list each server's state, build nothing
+
+COURSE_SERVER_ENVS=0 in the environment skips building (tests/test_platforms.py sets it: it checks the course's own
+stack on other Pythons, and chapter 10's servers pin theirs apart).
 """
 
 from __future__ import annotations
@@ -102,6 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--check", action="store_true", help="list each server venv's state; build nothing")
     args = parser.parse_args(argv)
+    if os.environ.get("COURSE_SERVER_ENVS") == "0" and not args.check:
+        print("COURSE_SERVER_ENVS=0: chapter 10's server venvs are not built")
+        return 0
     for name, requirements in requirement_files().items():
         if up_to_date(name, requirements):
             if args.check:

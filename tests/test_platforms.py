@@ -230,7 +230,8 @@ def installed(request, tmp_path_factory):
     started = time.perf_counter()
     # exactly what a learner runs: make setup with that Python (a new venv, the pins, the kernel, triton removed)
     done = subprocess.run(["make", "setup", f"PYTHON={python}", f"VENV={venv}"], cwd=repo, capture_output=True, text=True,
-                          timeout=3600, env={k: v for k, v in os.environ.items() if k != "COURSE_ARTIFACTS"})
+                          timeout=3600, env={**{k: v for k, v in os.environ.items() if k != "COURSE_ARTIFACTS"},
+                                                   "COURSE_SERVER_ENVS": "0"})  # chapter 10's venvs: not this test's
     seconds = time.perf_counter() - started
     assert done.returncode == 0, f"Python {version}: make setup failed:\n{tail(done)}"
     # PyPI's Linux torch (a CUDA build) brings triton, which crashes the process when imported after TensorFlow:

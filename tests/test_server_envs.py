@@ -52,3 +52,9 @@ def test_a_server_that_fails_to_install_is_reported_and_removed(servers_in):
     line = server_envs.build("demo", servers_in)
     assert line.startswith("Note: demo's venv failed to install") and "chapter 10 skips demo" in line
     assert not (server_envs.ENVS / "demo").exists()
+
+
+def test_building_can_be_skipped(servers_in, monkeypatch, capsys):
+    monkeypatch.setenv("COURSE_SERVER_ENVS", "0")
+    server_envs.main([])
+    assert "not built" in capsys.readouterr().out and not (server_envs.ENVS / "demo").exists()
