@@ -3,6 +3,8 @@
 Import the module you need (`from helpers import data, report`); nothing heavy is imported here. The modules by
 chapter, in layers: each imports only layers below its own (pyproject.toml's import-linter contracts check it).
 
+    chapters 10-11  model_servers/  Triton, PyTriton, MLServer, BentoML, LitServe, Ray Serve: started, measured (10)
+                    ab_testing      sample sizes, the two-proportion test, peeking and the always-valid mSPRT (11)
     chapter 09      demo            the draw-a-digit page's model repository and `make demo`
                     browser         Chromium driven by Playwright: the page as a test and a benchmark
     chapters 05-08  quantize        int8 arithmetic, LiteRT / ONNX Runtime / PT2E quantization, QAT

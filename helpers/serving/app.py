@@ -41,7 +41,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
-from helpers.serving import demo, openapi, routes_ops, routes_repository, routes_tfserving, routes_v2
+from helpers.serving import demo, openapi, rollout, routes_ops, routes_repository, routes_tfserving, routes_v2
 from helpers.serving.batching import BatcherClosed, DirectCalls, DynamicBatcher, QueueFull
 from helpers.serving.drift import DriftMonitor, drift_score
 from helpers.serving.http import SERVER_VERSION, FastRoute, check_model_name, json_response
@@ -51,6 +51,7 @@ from helpers.serving.protocols import RequestError
 from helpers.serving.repository import ModelNotFound, ModelRepository, VersionNotReady
 
 log = logging.getLogger("helpers.serving")
+MAX_COUNTED_CLASSES = 100  # outputs with more columns are not counted by class: a series per class would be too many
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class Server:
         self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="inference")
         self.closing: set[asyncio.Task] = set()  # the loop keeps only weak references to tasks: these are the strong ones
         self.stop = threading.Event()
+        self.shadow = rollout.Shadow(self.count_shadow)  # copies of requests for a shadow version, run in its own thread
 
     @asynccontextmanager
     async def lifespan(self, app):
@@ -185,6 +187,7 @@ class Server:
         sweeper.cancel()
         await asyncio.gather(*(caller.close() for _, caller in self.callers.values()), *self.closing)
         self.pool.shutdown(wait=False, cancel_futures=True)
+        await asyncio.to_thread(self.shadow.close)
 
     async def sweep(self) -> None:
         """Close the callers of versions unloaded, replaced or deleted, within a poll interval: otherwise a batcher
@@ -195,6 +198,9 @@ class Server:
 
     def count_load(self, model: str, version: int, ok: bool) -> None:
         self.metrics.model_loads.labels(model, str(version), "success" if ok else "failure").inc()
+
+    def count_shadow(self, model: str, served: int, shadow: int, outcome: str, rows: int) -> None:
+        self.metrics.child(self.metrics.shadow, model, str(served), str(shadow), outcome).inc(rows)
 
     def refresh_gauges(self) -> None:
         self.metrics.versions_available.clear()  # models removed or unloaded disappear from the metric
@@ -252,12 +258,30 @@ class Server:
         except VersionNotReady as error:
             raise RequestError(503, str(error)) from None
 
+    def target(self, model: str, version: int | None, label: str | None, request: Request):
+        """(the version state that answers an inference request, the shadow version to copy it to or None). A request
+        naming a version or a label gets it; one naming neither is routed by the model's traffic split (rollout.choose,
+        sticky on its X-Routing-Key header) and copied to its shadow version, if the model's config.json names them."""
+        if version is not None or label is not None:
+            return self.lookup(model, version, label), None
+        try:
+            versions = self.repository.entry(check_model_name(model))
+            state, chosen = rollout.choose(versions, request.headers.get(rollout.ROUTING_HEADER))
+        except ModelNotFound as error:
+            raise RequestError(404, str(error)) from None
+        except LookupError:
+            raise RequestError(503, f"model '{model}' has no available version") from None
+        if chosen is not None:
+            self.metrics.child(self.metrics.routed, model, chosen, str(state.version)).inc()
+        return state, rollout.shadow_state(versions, state)
+
     # ------------------------------------------------------------------ the one inference path
 
-    async def infer(self, model: str, state, x: np.ndarray) -> np.ndarray:
+    async def infer(self, model: str, state, x: np.ndarray, shadow=None) -> np.ndarray:
         """The model's outputs for `x` (validated by the protocol's parser), batched with other requests if enabled,
-        within the request timeout; timed, and watched for drift. Refused at once (503, Retry-After) when the
-        version's queue is full or it was closed before the request could run."""
+        within the request timeout; timed, counted by top class, and watched for drift; copied to the `shadow` version
+        (off the request path) once answered. Refused at once (503, Retry-After) when the version's queue is full or
+        it was closed before the request could run."""
         started = time.perf_counter()
         try:
             y = await self.call(model, state, x)
@@ -274,9 +298,24 @@ class Server:
             raise RequestError(500, f"inference failed: {type(error).__name__}: {str(error)[:300]}") from None
         self.metrics.child(self.metrics.inference_latency, model, str(state.version)).observe(time.perf_counter() - started)
         y = np.asarray(y)
+        self.count_classes(model, state, y)
         if state.backend.drift_reference is not None and self.settings.drift_window > 0:
             self.watch_drift(model, state, y)
+        if shadow is not None:
+            self.shadow.submit(model, shadow, state.version, x, y)
         return y
+
+    def count_classes(self, model: str, state, y: np.ndarray) -> None:
+        """Count a classifier's answers by top class, per version: comparing two versions' class mixes on live traffic
+        is how a canary that answers wrongly (without a single error) gets caught (chapter 11)."""
+        if y.ndim != 2 or not 2 <= y.shape[1] <= MAX_COUNTED_CLASSES:
+            return
+        top, version = y.argmax(1), str(state.version)
+        if len(top) == 1:  # the common case, without np.unique's sort
+            self.metrics.child(self.metrics.predictions, model, version, str(int(top[0]))).inc()
+            return
+        for label, rows in zip(*np.unique(top, return_counts=True)):
+            self.metrics.child(self.metrics.predictions, model, version, str(int(label))).inc(int(rows))
 
     async def call(self, model: str, state, x: np.ndarray) -> np.ndarray:
         """Run the model through this version's caller; anything that waits does so within the request timeout."""

@@ -18,6 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from helpers.serving.model_config import LABEL
 from helpers.serving.protocols import RequestError
 from helpers.serving.repository import VERSION, valid_name
 
@@ -56,6 +57,15 @@ def parse_version(text: str | None) -> int | None:
     if not VERSION.fullmatch(text):
         raise RequestError(400, f"version must be a positive integer, got {text[:40]!r}")
     return int(text)
+
+
+def parse_version_or_label(text: str | None) -> tuple[int | None, str | None]:
+    """A path's version segment: a number names a version, a name a version label (stable, canary)."""
+    if text is not None and not VERSION.fullmatch(text) and LABEL.match(text):
+        return None, text
+    if text is not None and not VERSION.fullmatch(text):
+        raise RequestError(400, f"version must be a positive integer or a version label, got {text[:40]!r}")
+    return parse_version(text), None
 
 
 def check_model_name(model: str) -> str:

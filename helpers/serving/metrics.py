@@ -95,6 +95,14 @@ class ServerMetrics:
         self.versions_failed = self.state_gauge("model_versions_failed", "Versions whose files failed to load (refused, "
                                                 "or refused on reload while the copy loaded before keeps serving), by "
                                                 "model", ["model"])
+        self.routed = Counter("inference_routed_total", "Requests naming no version, by the traffic split's label that "
+                              "chose their version (chapter 11)", ["model", "label", "version"], registry=into)
+        self.predictions = Counter("inference_predictions_total", "Rows answered by a classifier, by model, version and "
+                                   "top class", ["model", "version", "class"], registry=into)
+        self.shadow = Counter("inference_shadow_total", "Rows copied to a shadow version, by the version that answered "
+                              "them, the shadow version and the outcome: agree or disagree (top class), error (the shadow "
+                              "failed), dropped (its queue was full)", ["model", "version", "shadow_version", "outcome"],
+                              registry=into)
         self.config_errors = self.state_gauge("model_config_errors", "1 while the model's config.json is refused (the "
                                               "config in force before it still applies; the status endpoints say why), "
                                               "else 0", ["model"])

@@ -8,13 +8,23 @@ model's config.pbtxt (`version_policy`, `dynamic_batching`); this file follows t
     {"batching": {"enabled": true, "max_batch_size": 16, "max_delay_ms": 5},
      "max_queue": 64,
      "version_policy": {"latest": {"num_versions": 2}},
-     "version_labels": {"stable": 1, "canary": 2}}
+     "version_labels": {"stable": 1, "canary": 2},
+     "traffic_split": {"stable": 90, "canary": 10},
+     "shadow": "candidate"}
 
 Every key is optional. `batching` and `max_queue` override the global Settings for this model's versions (a missing
 size keeps the global one). `version_policy` is one of {"latest": {"num_versions": N}} (the N highest version numbers
 on disk), {"all": {}} or {"specific": {"versions": [1, 3]}}; versions outside it are not loaded. Without the file, or
 without `version_policy`, every version is served ("all"): the course's chapters pin requests to version 1 while
 version 2 exists. TF Serving and Triton would serve only the latest version by default.
+
+`traffic_split` and `shadow` roll a new version out (chapter 11; helpers.serving.rollout). `traffic_split` shares the
+requests that name no version among labels, in percent (numbers >= 0 adding up to 100), like KServe's canary traffic
+percentage or Seldon Core's experiment weights: without it, they go to the latest available version. A client that
+sends an `X-Routing-Key` header (a user id, a session) always lands on the same side for the same split (sticky
+assignment); list the canary last, so that the users it already has keep it as its share grows. `shadow` names a label
+whose version receives a copy of each of those requests off the request path: its answers are compared with the
+served ones and counted, never returned. Both name labels of `version_labels`.
 
 The server reads the file on every repository scan and applies it when its content changes: a valid file replaces the
 config in force, an invalid one is refused with every problem listed (ModelConfigError, naming the file and the fix)
@@ -81,6 +91,8 @@ class ModelConfig:
     policy: VersionPolicy = VersionPolicy()
     labels: dict[str, int] = field(default_factory=dict)  # never modified after parsing
     path: str = ""  # the file it came from; "" for NO_CONFIG
+    split: tuple[tuple[str, float], ...] = ()  # (label, percent) in the file's order; (): unpinned requests go to the latest
+    shadow: str | None = None  # the label whose version gets a copy of each unpinned request
 
 
 NO_CONFIG = ModelConfig()
@@ -130,7 +142,7 @@ def check_config(document) -> list[str]:
     """Every way `document` breaks the config schema (see the module docstring); [] for a valid one."""
     if not isinstance(document, dict):
         return [f"it holds a JSON {type(document).__name__}, not an object"]
-    known = ("batching", "max_queue", "version_policy", "version_labels")
+    known = ("batching", "max_queue", "version_policy", "version_labels", "traffic_split", "shadow")
     problems = [f"unknown key {key!r} (the keys are {', '.join(known)})" for key in document if key not in known]
     if "batching" in document:
         problems += check_batching(document["batching"])
@@ -140,6 +152,12 @@ def check_config(document) -> list[str]:
         problems += check_policy(document["version_policy"])
     if "version_labels" in document:
         problems += check_labels(document["version_labels"], document.get("version_policy"))
+    labels = document.get("version_labels") if isinstance(document.get("version_labels"), dict) else {}
+    if "traffic_split" in document:
+        problems += check_split(document["traffic_split"], labels)
+    if "shadow" in document and not (isinstance(document["shadow"], str) and document["shadow"] in labels):
+        problems.append(f"'shadow' must name a label of 'version_labels' ({', '.join(map(repr, labels)) or 'it has none'}), "
+                        f"got {document['shadow']!r}")
     return problems
 
 
@@ -200,6 +218,19 @@ def check_labels(labels, policy) -> list[str]:
     return problems
 
 
+def check_split(split, labels: dict) -> list[str]:
+    """{label: percent}: labels of 'version_labels', percents >= 0 adding up to 100 (within rounding)."""
+    if not isinstance(split, dict) or not split:
+        return [f"'traffic_split' must be an object like {{\"stable\": 90, \"canary\": 10}}, got {split!r}"]
+    problems = [f"'traffic_split': {label!r} is not a label of 'version_labels' ({', '.join(map(repr, labels)) or 'none'})"
+                for label in split if label not in labels]
+    problems += [f"'traffic_split': {label!r} must be a percentage >= 0, got {share!r}"
+                 for label, share in split.items() if not (is_number(share) and share >= 0)]
+    if not problems and abs(sum(split.values()) - 100) > 1e-6:
+        problems.append(f"'traffic_split': the percentages must add up to 100, they add up to {sum(split.values()):g}")
+    return problems
+
+
 def config_from(document: dict, path: str) -> ModelConfig:
     """A checked document (check_config found no problem) as a ModelConfig."""
     batching = document.get("batching", {})
@@ -207,4 +238,5 @@ def config_from(document: dict, path: str) -> ModelConfig:
                          document.get("max_queue"))
     (kind, body), = document.get("version_policy", {"all": {}}).items()
     policy = VersionPolicy(kind, body.get("num_versions", 0), frozenset(body.get("versions", ())))
-    return ModelConfig(calls, policy, dict(document.get("version_labels", {})), path)
+    split = tuple((label, float(share)) for label, share in document.get("traffic_split", {}).items())
+    return ModelConfig(calls, policy, dict(document.get("version_labels", {})), path, split, document.get("shadow"))

@@ -50,6 +50,7 @@ from starlette.routing import Route
 from helpers import paths
 from helpers.fixes import FIXES, with_fix
 from helpers.serving.http import SERVER_NAME, SERVER_VERSION, json_response, route
+from helpers.serving.model_config import LABEL
 from helpers.serving.protocols import BINARY_HEADER, V2_DATATYPES
 from helpers.serving.repository import NAME, VERSION
 from helpers.serving.routes_v2 import EXTENSIONS
@@ -212,12 +213,26 @@ SCHEMAS = {
                         "sha256": {**NULLABLE_STRING, "description": "of the config.json last read (applied or refused)"},
                         "version_policy": {"type": "string", "description": "all, latest N or specific [versions]"},
                         "version_labels": {"type": "object", "additionalProperties": {"type": "integer"}},
+                        "traffic_split": {"type": "object", "additionalProperties": NUMBER, "description":
+                                          "percent of the requests naming no version, by label ({}: all to the latest)"},
+                        "shadow": {**NULLABLE_STRING, "description": "the label whose version gets a copy of them"},
                         "batching": obj({"enabled": BOOLEAN, "max_batch_size": {"type": "integer"},
                                          "max_delay_ms": NUMBER}, ["enabled", "max_batch_size", "max_delay_ms"]),
                         "max_queue": {"type": "integer", "description": "0: no bound"}},
-                       ["name", "file", "error", "sha256", "version_policy", "version_labels", "batching", "max_queue"],
+                       ["name", "file", "error", "sha256", "version_policy", "version_labels", "traffic_split", "shadow",
+                        "batching", "max_queue"],
                        "The configuration in force: the model's config.json (null: none) with the server's settings "
                        "filled in; `error` is why a newer config.json was refused (the one in force stays)."),
+    "ShadowReport": obj({"name": STRING, "comparisons": array(obj(
+        {"served_version": {"type": "integer"}, "shadow_version": {"type": "integer"},
+         "outcome": {"type": "string", "enum": ["agree", "disagree", "error", "dropped"]}, "rows": {"type": "integer"}},
+        ["served_version", "shadow_version", "outcome", "rows"])), "disagreements": array(obj(
+            {"input": ref("NumberArray"), "input_shape": array({"type": "integer"}),
+             "served": obj({"version": {"type": "integer"}, "class": {"type": "integer"}}, ["version", "class"]),
+             "shadow": obj({"version": {"type": "integer"}, "class": {"type": "integer"}}, ["version", "class"])},
+            ["input", "input_shape", "served", "shadow"]), "the latest, newest last")},
+        ["name", "comparisons", "disagreements"], "This process's comparisons of the served answers with its shadow "
+        "version's (with --workers N, the answering worker's)."),
     "RepositoryIndex": array(obj({"name": STRING, "version": STRING, "state": {"type": "string", "description":
                                   "READY, or why not (e.g. UNAVAILABLE)"}, "reason": NULLABLE_STRING},
                                  ["name", "version", "state", "reason"])),
@@ -262,6 +277,12 @@ PARAMETERS = {
               "schema": {"type": "string", "pattern": NAME.pattern}},
     "version": {"name": "version", "in": "path", "required": True, "example": "1", "description": "a version number",
                 "schema": {"type": "string", "pattern": f"^{VERSION.pattern}$"}},
+    "v2_version": {"name": "version", "in": "path", "required": True, "example": "1",
+                   "description": "a version number, or one of the model's version labels (stable, canary)",
+                   "schema": {"type": "string", "pattern": f"^(?:{VERSION.pattern}|{LABEL.pattern[1:-1]})$"}},
+    "routing_key": {"name": "X-Routing-Key", "in": "header", "required": False, "schema": {"type": "string"},
+                    "description": "with a traffic split (the model's config.json): the same key is always routed to "
+                                   "the same label (sticky assignment); without one, each request is drawn at random"},
     "label": {"name": "label", "in": "path", "required": True, "example": "stable",
               "description": "a version label: a name an operator gives a version (stable, canary)",
               "schema": {"type": "string"}},
@@ -324,9 +345,9 @@ def operations(settings: Settings) -> list[tuple[str, str, dict]]:
         ("get", "/v2", operation("v2ServerMetadata", "v2", "Server name, version and protocol extensions",
                                  ok(f"extensions: {', '.join(EXTENSIONS)}", ref("V2ServerMetadata")), secured=False)),
     ]
-    for at, params, name in (("", ("model",), ""), ("/versions/{version}", ("model", "version"), "Version")):
+    for at, params, name in (("", ("model",), ""), ("/versions/{version}", ("model", "v2_version"), "Version")):
         base = f"/v2/models/{{model}}{at}"
-        which = "the given version" if at else "the latest available version"
+        which = "the given version or label" if at else "the latest available version"
         ops += [
             ("get", base, operation(f"v2ModelMetadata{name}", "v2", f"Model metadata ({which})",
                                     ok("metadata", ref("V2ModelMetadata")), ["400", "404", "503"], params=params)),
@@ -337,15 +358,16 @@ def operations(settings: Settings) -> list[tuple[str, str, dict]]:
                     "content": {"application/json": {"schema": {"anyOf": [ref("V2ModelReady"), ref("Error")]}}}}},
                 ["404"], params=params)),
             ("post", f"{base}/infer", operation(
-                f"v2Infer{name}", "v2", f"Inference ({which})", v2_infer_answer(),
-                ["400", "404", "413", "500", "503", "504"], params=(*params, "binary_header"), body=v2_infer_body(),
+                f"v2Infer{name}", "v2", f"Inference ({'the given version or label' if at else 'routed by the traffic split'})",
+                v2_infer_answer(), ["400", "404", "413", "500", "503", "504"],
+                params=(*params, "binary_header", *(() if at else ("routing_key",))), body=v2_infer_body(),
                 description="JSON tensors, or binary ones: Triton's binary tensor data extension, for FP32 tensors. "
                             f"A binary request sends the `{BINARY_HEADER}` header (the JSON part's length), the JSON "
                             "with `parameters.binary_data_size` in place of the input's `data`, then the input's raw "
                             "little-endian float32 bytes. An output is sent as binary data when the request's "
                             "`parameters.binary_data_output` or the output's `parameters.binary_data` is true.")),
         ]
-    for at, params, name in (("", ("model",), ""), ("/versions/{version}", ("model", "version"), "Version")):
+    for at, params, name in (("", ("model", "routing_key"), ""), ("/versions/{version}", ("model", "version"), "Version")):
         ops += tfserving_operations(f"/v1/models/{{model}}{at}", params, name,
                                     "the given version" if at else "the latest available version")
     ops += tfserving_operations(LABEL_BASE, ("model", "label"), "Label", "the labelled version")
@@ -360,6 +382,9 @@ def operations(settings: Settings) -> list[tuple[str, str, dict]]:
         ("get", "/v2/models/{model}/config", operation(
             "v2ModelConfig", "repository", "The model's configuration in force (its config.json, applied)",
             ok("the configuration", ref("ModelConfig")), ["400", "404"], params=("model",))),
+        ("get", "/v2/models/{model}/shadow", operation(
+            "v2ModelShadow", "repository", "The model's shadow comparisons: agreements and the latest disagreements",
+            ok("the comparisons", ref("ShadowReport")), ["400", "404"], params=("model",))),
         ("get", "/metrics", operation("metrics", "operations", "Prometheus metrics (text exposition format)",
                                       ok("the metrics", STRING, "text/plain"), secured=settings.metrics_need_key)),
         *[("post", path, operation(op_id, "operations", summary, ok("nothing", ref("Empty")), ["413"],

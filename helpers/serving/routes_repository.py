@@ -7,6 +7,8 @@ triton-inference-server/server (listed as `model_repository` in GET /v2's extens
     GET  /v2/models/<m>/config                         the configuration in force: its config.json (model_config.py)
                                                        with the server's settings filled in, and a refused file's error
                                                        (Triton's model configuration extension, in this server's terms)
+    GET  /v2/models/<m>/shadow                         the shadow comparisons of the answering process: rows that
+                                                       agreed or not with its shadow version, the latest disagreements
 
 Behind the API key like inference: unloading a model is an outage. With --workers N, load and unload answer 501:
 each worker has a repository of its own, and the request would reach one of them; the index and the config show the
@@ -39,7 +41,8 @@ TRITON_STATES = {"AVAILABLE": "READY", "END": "UNAVAILABLE"}
 def routes(server: Server) -> list[Route]:
     return [counted(server, "repository", "POST", "/v2/repository/index", index),
             counted(server, "repository", "POST", "/v2/repository/models/{model}/{action}", load_or_unload),
-            counted(server, "v2_config", "GET", "/v2/models/{model}/config", model_config)]
+            counted(server, "v2_config", "GET", "/v2/models/{model}/config", model_config),
+            counted(server, "v2_shadow", "GET", "/v2/models/{model}/shadow", shadow_report)]
 
 
 async def index(server: Server, request: Request, labels: dict) -> Response:
@@ -89,6 +92,17 @@ async def model_config(server: Server, request: Request, labels: dict) -> Respon
     return json_response({"name": model, "file": config.path or None, "error": getattr(versions, "config_error", ""),
                           "sha256": None if raw is None else hashlib.sha256(raw).hexdigest(),
                           "version_policy": str(config.policy), "version_labels": config.labels,
+                          "traffic_split": dict(config.split), "shadow": config.shadow,
                           "batching": {"enabled": calls.batching, "max_batch_size": calls.max_batch_size,
                                        "max_delay_ms": calls.max_delay_ms},
                           "max_queue": calls.max_queue})
+
+
+async def shadow_report(server: Server, request: Request, labels: dict) -> Response:
+    """What the shadow version answered, compared with the served answers (rollout.Shadow.report). Behind the key: the
+    disagreements hold requests' inputs."""
+    server.authorize(request)
+    model = labels["model"] = check_model_name(request.path_params["model"])
+    if model not in server.repository.snapshot():
+        raise RequestError(404, f"no model '{model}' in the repository")
+    return json_response(server.shadow.report(model))

@@ -13,7 +13,9 @@ Labels come from the model's config.json (`version_labels`, as in TF Serving's M
 a config whose label names a version not loaded (unless --allow_version_labels_for_unavailable_models); this server
 accepts it (the version may still be loading) and answers each request for the label as the version would: 404 if
 that version is not loaded (not on disk, or outside the version policy), 503 if it failed to load, each message naming
-the label and the version. The Open Inference Protocol has no labels: its routes name versions only.
+the label and the version. The Open Inference Protocol names versions by strings: its routes take a label in place of
+a version number (routes_v2). A :predict naming neither a version nor a label goes where the model's traffic split sends
+it (helpers.serving.rollout).
 """
 
 from __future__ import annotations
@@ -86,8 +88,8 @@ async def predict(server: Server, request: Request, labels: dict) -> Response:
     model, version = check_model_name(match["model"]), parse_version(match["version"])
     labels["model"] = model
     document = protocols.parse_json(await server.read_body(request))
-    state = server.lookup(model, version, match["label"])
+    state, shadow = server.target(model, version, match["label"], request)
     labels["version"] = str(state.version)
     x, layout = protocols.tfs_inputs(document, state.backend.input, server.settings.max_batch_size)
-    y = await server.infer(model, state, x)
+    y = await server.infer(model, state, x, shadow)
     return Response(protocols.tfs_response(y, layout), media_type="application/json")

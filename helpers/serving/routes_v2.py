@@ -11,7 +11,10 @@ triton-inference-server/server).
     GET  /v2/models/<m>[/versions/<v>]/ready     200 if that version can answer, 400 if loaded but not ready
     POST /v2/models/<m>[/versions/<v>]/infer     inference, JSON tensors or binary ones (a fast route)
 
-Without /versions/<v>, the latest available version answers.
+`<v>` is a version number or one of the model's version labels (its config.json's `version_labels`: stable, canary):
+the protocol's versions are strings, and a label is never mistaken for a number. Without /versions/<v>, an inference
+goes where the model's traffic split sends it (the latest available version if it has none; helpers.serving.rollout),
+and a copy to its shadow version if it names one; metadata and readiness describe the latest available version.
 """
 
 from __future__ import annotations
@@ -30,7 +33,7 @@ from helpers.serving.http import (
     check_model_name,
     counted,
     json_response,
-    parse_version,
+    parse_version_or_label,
     route,
 )
 from helpers.serving.protocols import RequestError
@@ -69,7 +72,7 @@ def requested(server: Server, request: Request, labels: dict):
     """The key check, then the version state the path names; labels the metrics with model and version."""
     server.authorize(request)
     model = labels["model"] = check_model_name(request.path_params["model"])
-    state = server.lookup(model, parse_version(request.path_params.get("version")))
+    state = server.lookup(model, *parse_version_or_label(request.path_params.get("version")))
     labels["version"] = str(state.version)
     return model, state
 
@@ -96,10 +99,10 @@ async def infer(server: Server, request: Request, labels: dict) -> Response:
     body = await server.read_body(request)
     header, binary = protocols.split_binary(body, request.headers.get(protocols.BINARY_HEADER))
     document = protocols.parse_json(header)
-    state = server.lookup(model, parse_version(request.path_params.get("version")))
+    state, shadow = server.target(model, *parse_version_or_label(request.path_params.get("version")), request)
     labels["version"] = str(state.version)
     x = protocols.v2_inputs(document, binary, state.backend.input, server.settings.max_batch_size)
     binary_out = protocols.v2_wants_binary(document, state.backend.output)
-    y = await server.infer(model, state, x)
+    y = await server.infer(model, state, x, shadow)
     content, headers = protocols.v2_response(document, model, state.version, state.backend.output, y, binary_out)
     return Response(content, headers=headers, media_type="application/octet-stream" if binary_out else "application/json")
