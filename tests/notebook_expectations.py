@@ -44,6 +44,10 @@ PARTS = {
         "MLServer": ("mlserver",),
         "BentoML": ("bentoml",),
     },
+    "11_rollout": {
+        "Prometheus": ("prometheus",),  # the canary controller reads its signals from Prometheus
+        "load tests": ("wrk",),  # the canary rollouts run under wrk
+    },
 }
 WITHOUT = "without "  # a bar on the figure a notebook measures in place of a skipped part
 
@@ -198,5 +202,24 @@ EXPECTATIONS = {
         # the course's server, at its best, ahead of every server whose HTTP front end is Python (MLServer, BentoML,
         # LitServe, Ray Serve): by more than noise even in 1-second loads
         "course_vs_python_front_ends": (">=", 1.5, "load tests", "MLServer", "BentoML"),
+    },
+    "11_rollout": {
+        # the router written in the notebook sends every user where the server did; unkeyed requests follow the split
+        "split_matches_by_hand": ("==", 1.0),
+        # shadowing never fails a request; the two versions mostly agree (both are trained MNIST classifiers); the
+        # caller's p99 within 10 % is asserted in full mode (four runs each way): one 2-second run is noisier
+        "shadow_failed_requests": ("==", 0),
+        "shadow_agreement": (">=", 0.9),
+        "shadow_p99_ratio": ("<=", 1.6),
+        # the good canary is promoted, the broken one rolled back before it answers 2 % of the run, nothing fails
+        "canary_good_promoted": ("==", True, "Prometheus", "load tests"),
+        "canary_broken_rolled_back": ("==", True, "Prometheus", "load tests"),
+        "broken_share_of_run": ("<", 0.02, "Prometheus", "load tests"),
+        "canary_failed_requests": ("==", 0, "Prometheus", "load tests"),
+        # the sample size equals statsmodels' to the request; peeking inflates the A/A false-positive rate, the mSPRT
+        # keeps it under alpha (1,000 simulated tests in smoke mode: alpha plus three standard errors of 0.007)
+        "sample_size_matches_statsmodels": ("==", True),
+        "aa_peeking_fpr": (">", 0.1),
+        "aa_msprt_fpr": ("<=", 0.071),
     },
 }

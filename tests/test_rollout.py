@@ -153,7 +153,7 @@ async def test_without_a_split_the_latest_version_answers(tmp_path):
 
 
 @synchronously
-async def test_a_routing_key_is_sticky_and_a_canary_listed_last_keeps_its_users(tmp_path):
+async def test_a_routing_key_is_sticky_and_a_growing_canary_keeps_its_users(tmp_path):
     app, server = serving(tmp_path, {1: Answers(1), 2: Answers(2)}, **LABELS, traffic_split={"stable": 90, "canary": 10})
     keys = [f"user-{i}" for i in range(300)]
     async with client(app) as http:

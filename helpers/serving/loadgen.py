@@ -26,16 +26,28 @@ import numpy as np
 
 from helpers.fixes import with_fix
 
-# wrk's Lua hooks: send the same POST body with our headers; at the end print one JSON line with the numbers we need.
+# wrk's Lua hooks: send the same POST body with our headers (or each of several bodies in turn: WRK_LENGTHS_FILE lists
+# their lengths, the body file holds them one after another); at the end print one JSON line with the numbers we need.
 SCRIPT = r"""
 local f = assert(io.open(os.getenv("WRK_BODY_FILE"), "rb"))
 wrk.method = "POST"
-wrk.body = f:read("*all")
-f:close()
 for line in io.lines(os.getenv("WRK_HEADERS_FILE")) do
   local name, value = line:match("^([^:]+):%s*(.*)$")
   if name then wrk.headers[name] = value end
 end
+if os.getenv("WRK_LENGTHS_FILE") then
+  local requests, next_one = {}, 0
+  for n in io.lines(os.getenv("WRK_LENGTHS_FILE")) do
+    requests[#requests + 1] = wrk.format(nil, nil, nil, f:read(tonumber(n)))  -- built once, sent many times
+  end
+  request = function()
+    next_one = next_one % #requests + 1
+    return requests[next_one]
+  end
+else
+  wrk.body = f:read("*all")
+end
+f:close()
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -52,10 +64,10 @@ def available() -> bool:
     return shutil.which("wrk") is not None
 
 
-def run(url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float, threads: int = 1,
+def run(url: str, body: bytes | list[bytes], headers: dict[str, str], connections: int, seconds: float, threads: int = 1,
         timeout_s: float = 10.0) -> dict:
     """Requests per second, latency percentiles (ms) and error counts of `connections` concurrent clients POSTing
-    `body` to `url` for `seconds`."""
+    `body` to `url` for `seconds`; with a list of bodies, each connection sends them in turn (varied traffic)."""
     if urlsplit(url).hostname not in ("127.0.0.1", "localhost"):
         raise ValueError("load tests here only target 127.0.0.1")
     wrk = shutil.which("wrk")
@@ -64,12 +76,18 @@ def run(url: str, body: bytes, headers: dict[str, str], connections: int, second
     with tempfile.TemporaryDirectory() as tmp:
         script, body_file, headers_file = Path(tmp, "post.lua"), Path(tmp, "body"), Path(tmp, "headers")
         script.write_text(SCRIPT)
-        body_file.write_bytes(body)
+        bodies = body if isinstance(body, list) else [body]
+        body_file.write_bytes(b"".join(bodies))
         headers_file.write_text("".join(f"{k}: {v}\n" for k, v in headers.items()))
+        lengths = {}
+        if isinstance(body, list):
+            Path(tmp, "lengths").write_text("".join(f"{len(b)}\n" for b in bodies))
+            lengths = {"WRK_LENGTHS_FILE": str(Path(tmp, "lengths"))}
         command = [wrk, f"-t{threads}", f"-c{max(connections, threads)}", f"-d{max(1, round(seconds))}s",
                    f"--timeout={max(1, round(timeout_s))}s", "-s", str(script), url]
         result = subprocess.run(command, capture_output=True, text=True, timeout=seconds + timeout_s + 30,
-                                env={**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_HEADERS_FILE": str(headers_file)})
+                                env={**os.environ, "WRK_BODY_FILE": str(body_file), "WRK_HEADERS_FILE": str(headers_file),
+                                     **lengths})
     line = next((out for out in result.stdout.splitlines() if out.startswith("WRK_JSON ")), None)
     if result.returncode != 0 or line is None:
         raise RuntimeError(f"wrk failed (exit {result.returncode}): {result.stderr[-1000:] or result.stdout[-1000:]}")
@@ -128,6 +146,54 @@ async def closed_loop(url, body, headers, connections, seconds, timeout_s,
             writer.close()
 
     await asyncio.gather(*(one_client() for _ in range(connections)))
+    return answers
+
+
+def paced(url: str, bodies: list[bytes], headers: dict[str, str], rate_per_s: float, seconds: float,
+          connections: int = 8, timeout_s: float = 10.0) -> dict:
+    """An open loop: request i is due at i / rate_per_s, whether or not earlier ones were answered (as users arrive),
+    sent on the first free one of `connections` keep-alive connections; its latency counts from when it was due, so
+    a server that falls behind shows it (wrk's closed loop waits for each answer, and hides the wait). The latency
+    percentiles (ms) of the answers, and how many were not 200. Use a rate the server can sustain: this measures how
+    fast it answers at that load, not its capacity."""
+    if httpx.URL(url).host not in ("127.0.0.1", "localhost"):
+        raise ValueError("load tests here only target 127.0.0.1")
+    with ThreadPoolExecutor(1) as thread:
+        answers = thread.submit(asyncio.run, open_loop(url, bodies, headers, rate_per_s, seconds, connections,
+                                                       timeout_s)).result()
+    latency_ms = np.array([a[1] for a in answers]) * 1000
+    return {"rate_per_s": rate_per_s, "requests": len(answers), "not_200": sum(a[0] != 200 for a in answers),
+            **{f"p{q}_ms": float(np.percentile(latency_ms, q)) for q in (50, 90, 99)}}
+
+
+async def open_loop(url, bodies, headers, rate_per_s, seconds, connections, timeout_s) -> list[tuple[int, float]]:
+    target = httpx.URL(url)
+    head = (f"POST {target.raw_path.decode()} HTTP/1.1\r\nHost: {target.host}:{target.port}\r\n"
+            + "".join(f"{k}: {v}\r\n" for k, v in headers.items()))
+    requests = [(head + f"Content-Length: {len(b)}\r\n\r\n").encode() + b for b in bodies]
+    free: asyncio.Queue = asyncio.Queue()
+    for _ in range(connections):
+        free.put_nowait(await asyncio.open_connection(target.host, target.port))
+    answers, pending, start = [], [], time.perf_counter()
+
+    async def one(i: int, due: float):
+        reader, writer = await free.get()
+        try:
+            writer.write(requests[i % len(requests)])
+            status, _ = await asyncio.wait_for(read_answer(reader), timeout_s)
+        except (OSError, asyncio.IncompleteReadError, TimeoutError):
+            status = 0
+            reader, writer = await asyncio.open_connection(target.host, target.port)
+        answers.append((status, time.perf_counter() - due))
+        free.put_nowait((reader, writer))
+
+    for i in range(int(rate_per_s * seconds)):
+        due = start + i / rate_per_s
+        await asyncio.sleep(max(0.0, due - time.perf_counter()))
+        pending.append(asyncio.create_task(one(i, due)))
+    await asyncio.gather(*pending)
+    while not free.empty():
+        free.get_nowait()[1].close()
     return answers
 
 

@@ -22,7 +22,8 @@ version 2 exists. TF Serving and Triton would serve only the latest version by d
 requests that name no version among labels, in percent (numbers >= 0 adding up to 100), like KServe's canary traffic
 percentage or Seldon Core's experiment weights: without it, they go to the latest available version. A client that
 sends an `X-Routing-Key` header (a user id, a session) always lands on the same side for the same split (sticky
-assignment); list the canary last, so that the users it already has keep it as its share grows. `shadow` names a label
+assignment); keep the labels in the same order from one split to the next, so that the users a growing label already
+has keep it. `shadow` names a label
 whose version receives a copy of each of those requests off the request path: its answers are compared with the
 served ones and counted, never returned. Both name labels of `version_labels`.
 
