@@ -40,6 +40,16 @@ def verify_file(path: Path, expected_sha256: str, recorded_in: str | None = None
 
 MANIFEST = "manifest.json"
 DIGEST = "manifest_sha256"  # the manifest's own checksum: the sha256 of every other field, in canonical JSON
+# helpers.signing's signature of a version folder, beside the manifest and never listed in it: the signature covers the
+# manifest (so a manifest rewritten to match a changed file fails it), so the manifest cannot cover the signature, and a
+# manifest rewritten after signing must not list it either (re-signing would then break the manifest). It is never
+# loaded as part of the model: without a trusted key (helpers.serving --trusted-key) it is simply ignored.
+SIGNATURE = "model.sig"
+
+
+def left_out(directory: Path, path: Path) -> bool:
+    """Whether a manifest leaves `path` out: a manifest.json (its own, or a nested export's), or the folder's signature."""
+    return path.name == MANIFEST or path.relative_to(directory) == Path(SIGNATURE)
 
 
 class ManifestError(IntegrityError):
@@ -74,7 +84,7 @@ def write_manifest(directory: Path, **fields) -> Path:
     files = {
         str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
         for p in sorted(directory.rglob("*"))
-        if p.is_file() and p.name != MANIFEST
+        if p.is_file() and not left_out(directory, p)
     }
     content = json.loads(json.dumps({**fields, "files": files}, default=str))  # exactly what a reader will parse
     content[DIGEST] = manifest_digest(content)
@@ -130,7 +140,7 @@ def verify_manifest(directory: Path, required: tuple[str, ...] = ()) -> dict:
     for name in required:
         if name not in listed:
             raise IntegrityError(f"refusing to load {directory}: {name} is not listed in its {MANIFEST}")
-    present = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and p.name != MANIFEST}
+    present = {str(p.relative_to(directory)) for p in directory.rglob("*") if p.is_file() and not left_out(directory, p)}
     if unlisted := sorted(present - set(listed)):
         raise IntegrityError(f"refusing to load {directory}: {unlisted[0]} is not listed in its {MANIFEST}")
     for name, expected in listed.items():

@@ -233,20 +233,31 @@ def signal_when_parent_dies(sig: int = signal.SIGTERM) -> str:
 # --------------------------------------------------------------------------- starting
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float) -> None:
+def wait_until_ready(url: str, process: subprocess.Popen, log: Path, timeout_s: float, ssl_context=None) -> None:
+    """Poll `url` until it answers 200 (over HTTPS: verified with `ssl_context`, an ssl.SSLContext)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(with_fix(f"the server exited with code {process.returncode} while starting; end of {log}:\n"
                                          + log.read_text()[-3000:], "not-ready"))
         try:
-            with urllib.request.urlopen(url, timeout=2) as response:
+            with urllib.request.urlopen(url, timeout=2, context=ssl_context) as response:
                 if response.status == 200:
                     return
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
+        except urllib.error.URLError as error:
+            if is_certificate_error(error.reason):  # the server answers, with a certificate that fails: say so now
+                raise RuntimeError(f"{url} answers with a certificate that fails verification: {error.reason}; see "
+                                   f"{log}") from None
+        except (ConnectionError, TimeoutError):
             pass
         time.sleep(0.1)
     raise TimeoutError(with_fix(f"{url} did not answer 200 within {timeout_s} s; see {log}", "not-ready"))
+
+
+def is_certificate_error(reason) -> bool:
+    import ssl
+
+    return isinstance(reason, ssl.SSLCertVerificationError)
 
 
 def local_address(host: str) -> str:
@@ -255,27 +266,29 @@ def local_address(host: str) -> str:
     return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)
 
 
-def http_url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+def http_url(host: str, port: int, scheme: str = "http") -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
 
 
 @contextmanager
 def running(command: list[str], ready_path: str, name: str, port: int, env: dict | None = None, timeout_s: float = 120.0,
-            host: str = "127.0.0.1"):
+            host: str = "127.0.0.1", ssl_context=None):
     """Run `command` (which must listen on `host`:`port`, 127.0.0.1 unless told) until the block ends; yields (url,
-    process, log), the url on this machine's side (127.0.0.1 for a server bound to 0.0.0.0). Output goes to
+    process, log), the url on this machine's side (127.0.0.1 for a server bound to 0.0.0.0). With `ssl_context` (an
+    ssl.SSLContext trusting the server's CA) the server speaks HTTPS: the url is https://, and readiness is polled with
+    the certificate verified, so a block never starts on a server whose certificate clients would refuse. Output goes to
     artifacts/logs/<name>-<port>.log; readiness is polled, never assumed after a fixed sleep; leaving the block
     (normally, on an error, or on a notebook interrupt) stops the process and everything under it."""
     log = paths.artifacts() / "logs" / f"{name}-{port}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
-    url = http_url(local_address(host), port)
+    url = http_url(local_address(host), port, "https" if ssl_context is not None else "http")
     with open(log, "wb") as out:
         process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**os.environ, **(env or {})}, cwd=paths.ROOT)
     stop_this = functools.partial(stop, process)
     atexit.register(stop_this)  # also when the kernel shuts down with the block still open (a cell left it open)
     try:
-        wait_until_ready(url + ready_path, process, log, timeout_s)
+        wait_until_ready(url + ready_path, process, log, timeout_s, ssl_context)
         yield url, process, log
     finally:
         stop_this()

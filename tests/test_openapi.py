@@ -369,6 +369,34 @@ def test_a_shed_request_is_answered_as_documented(serving):
     assert "Retry-After" in deref(doc, op["responses"]["503"])["headers"]
 
 
+def test_a_rate_limited_request_is_answered_as_documented(serving):
+    """With --rate-limit, both inference routes answer 429 with Retry-After once the client's bucket is empty, and 400
+    for more rows than the bucket holds: both documented, on every inference path, with or without a limit."""
+    app = serving(rate_limit=0.5, rate_burst=1)
+    doc = document(app)
+    assert "rate limit" in deref(doc, {"$ref": "#/components/responses/RateLimited"})["description"]
+    inference = [(m, p, op) for m, p, op in operations(doc) if p.endswith(("/infer", ":predict"))]
+    assert len(inference) == 5 and all("429" in op["responses"] for _, _, op in inference)
+    assert all("429" in op["responses"] for m, p, op in operations(document(serving())) if p.endswith(("/infer", ":predict")))
+
+    async def work(http):
+        two_rows = {"instances": [openapi.IMAGE, openapi.IMAGE]}  # refused without a charge: the bucket stays full
+        answers = [(doc["paths"]["/v1/models/{model}:predict"]["post"],
+                    await http.post("/v1/models/mnist:predict", json=two_rows))]
+        for path in ("/v2/models/mnist/infer", "/v1/models/mnist:predict"):  # one bucket: the client's address
+            op = doc["paths"][path.replace("mnist", "{model}")]["post"]
+            answers.append((op, await http.post(path, content=body_of(doc, op))))
+        return answers
+
+    (op1, too_many), (op2, first), (op3, second) = run(app, work)
+    assert too_many.status_code == 400 and first.status_code == 200 and second.status_code == 429
+    assert second.headers["retry-after"] == "2" and "rate limit" in second.json()["error"]  # 1 token at 0.5/s: 2 s
+    assert "at most 1 per request" in too_many.json()["error"]
+    for op, answer in ((op1, too_many), (op2, first), (op3, second)):
+        check_answer(doc, op, answer)
+    assert "Retry-After" in deref(doc, op3["responses"]["429"])["headers"]
+
+
 # --------------------------------------------------------------------------- the API key, where documented
 
 

@@ -1,5 +1,9 @@
 """python -m helpers.serving --repository DIR [--port 8500] [--batching] [--workers N] ...: run the inference server on
-uvicorn, in one process, or with --workers N in N worker processes under a supervisor (workers.py)."""
+uvicorn, in one process, or with --workers N in N worker processes under a supervisor (workers.py).
+
+Chapter 12's defences, each off unless asked for: --trusted-key (serve only signed versions), --rate-limit and
+--rate-burst (per API key, per instance), --top-class-only (no scores in answers), --tls-certfile and --tls-keyfile
+(HTTPS), and --api-key-file with one key per client."""
 
 from __future__ import annotations
 
@@ -22,7 +26,23 @@ def parse_args(argv=None):
     parser.add_argument("--repository", type=Path, required=True, help="model repository: <repository>/<model>/<version>/")
     parser.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1; anything else needs an API key)")
     parser.add_argument("--port", type=int, default=8500)
-    parser.add_argument("--api-key-file", type=Path, help=f"file holding the API key (or set {API_KEY_ENV})")
+    parser.add_argument("--api-key-file", type=Path,
+                        help=f"file holding the API keys, one per line (blank lines and # comments ignored): each key "
+                             f"is a client of its own, with its own rate limit (or set {API_KEY_ENV} to one key)")
+    parser.add_argument("--trusted-key", type=Path, metavar="PUBLIC_PEM",
+                        help="serve only versions signed by this public key (helpers.signing); any other version is "
+                             "refused at load, and the versions serving keep serving")
+    parser.add_argument("--rate-limit", type=non_negative(float), default=defaults.rate_limit, metavar="PER_S",
+                        help="instances per second per API key (per client address without keys); a request beyond "
+                             "it is answered 429 with Retry-After (default 0: no limit; per worker with --workers)")
+    parser.add_argument("--rate-burst", type=positive(int), metavar="N",
+                        help="instances a client may send at once before the rate applies (the bucket's size; default "
+                             "ten seconds of --rate-limit); a request with more rows is refused with 400")
+    parser.add_argument("--top-class-only", action="store_true",
+                        help="answer a one-hot of the top class instead of the model's scores (same shape and dtype), "
+                             "which teach a model-extraction attack far more")
+    parser.add_argument("--tls-certfile", type=Path, help="serve HTTPS with this certificate (PEM; helpers.tls makes one)")
+    parser.add_argument("--tls-keyfile", type=Path, help="the certificate's private key (PEM)")
     parser.add_argument("--batching", action="store_true",
                         help="gather concurrent requests into one runtime call (without it, each request runs the model at "
                              "once: inline on the event loop if a call takes under --inline-below-us, else in a thread pool)")
@@ -80,12 +100,53 @@ def positive(kind):
     return parse
 
 
-def api_key(args) -> str | None:
+def non_negative(kind):
+    """An argparse type: a number of `kind`, 0 or above (0: off)."""
+    def parse(text: str):
+        value = kind(text)
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"must be 0 or above, not {text}")
+        return value
+    return parse
+
+
+def api_keys(args) -> tuple[str, ...]:
+    """The keys the server accepts: --api-key-file's lines (a file holding one key, as before, is one line), else
+    COURSE_SERVING_API_KEY; empty: none."""
     if args.api_key_file:
-        key = args.api_key_file.read_text().strip()
-    else:
-        key = os.environ.get(API_KEY_ENV, "").strip()
-    return key or None
+        lines = (line.strip() for line in args.api_key_file.read_text().splitlines())
+        return tuple(dict.fromkeys(line for line in lines if line and not line.startswith("#")))
+    key = os.environ.get(API_KEY_ENV, "").strip()
+    return (key,) if key else ()
+
+
+def refusal(args, key: str | None) -> str | None:
+    """Why these flags cannot run a server (None: they can), in words that name the fix."""
+    if not is_loopback(args.host) and key is None:
+        return (f"refusing to bind {args.host} without an API key: anyone on the network could use the model. "
+                f"Pass --api-key-file or set {API_KEY_ENV}, or bind 127.0.0.1.")
+    if args.metrics_access == "key" and key is None:
+        return "--metrics-access key needs an API key: pass --api-key-file or set " + API_KEY_ENV
+    if not args.repository.is_dir():
+        return f"no model repository at {args.repository}"
+    if (args.tls_certfile is None) != (args.tls_keyfile is None):
+        return "HTTPS needs both --tls-certfile and --tls-keyfile (helpers.tls.self_signed_certificate makes both)"
+    for flag, path in (("--tls-certfile", args.tls_certfile), ("--tls-keyfile", args.tls_keyfile)):
+        if path is not None and not path.is_file():
+            return f"{flag}: no file at {path}"
+    if args.rate_burst is not None and not args.rate_limit:
+        return "--rate-burst needs --rate-limit (the rate at which the bucket refills, in instances per second)"
+    if args.top_class_only and args.demo:
+        return ("--top-class-only with --demo would hide nothing: the demo hands browsers the model file itself, which "
+                "computes every score; serve one or the other")
+    if args.trusted_key is not None:
+        from helpers.signing import check_public_key
+
+        try:
+            check_public_key(args.trusted_key)
+        except ValueError as error:
+            return f"--trusted-key: {error}"
+    return None
 
 
 def is_loopback(host: str) -> bool:
@@ -123,16 +184,10 @@ def main(argv=None) -> int:
     from helpers.serving.app import Settings, create_app
 
     args = parse_args(argv)
-    key = api_key(args)
-    if not is_loopback(args.host) and key is None:
-        print(f"refusing to bind {args.host} without an API key: anyone on the network could use the model. "
-              f"Pass --api-key-file or set {API_KEY_ENV}, or bind 127.0.0.1.", file=sys.stderr)
-        return 2
-    if args.metrics_access == "key" and key is None:
-        print("--metrics-access key needs an API key: pass --api-key-file or set " + API_KEY_ENV, file=sys.stderr)
-        return 2
-    if not args.repository.is_dir():
-        print(f"no model repository at {args.repository}", file=sys.stderr)
+    keys = api_keys(args)
+    key = keys[0] if keys else None
+    if problem := refusal(args, key):
+        print(problem, file=sys.stderr)
         return 2
     worker = args.worker_index
     if args.workers > 1 and worker is None:
@@ -141,21 +196,31 @@ def main(argv=None) -> int:
         return workers.supervise(args, sys.argv[1:] if argv is None else list(argv))
     name = "%(name)s" if worker is None else f"%(name)s[worker {worker}]"
     logging.basicConfig(level=args.log_level.upper(), format=f"%(asctime)s %(levelname)s {name}: %(message)s")
-    settings = Settings(repository=args.repository, api_key=key, max_body_bytes=args.max_body_bytes,
+    settings = Settings(repository=args.repository, api_keys=keys, max_body_bytes=args.max_body_bytes,
                         max_batch_size=args.max_batch_size, request_timeout_s=args.request_timeout_s, batching=args.batching,
                         batch_max_size=args.batch_max_size, batch_max_delay_ms=args.batch_max_delay_ms,
                         poll_interval_s=args.poll_interval_s, drift_window=args.drift_window,
                         drift_alpha=args.drift_alpha, demo=args.demo, max_queue=args.max_queue,
-                        inline_below_us=args.inline_below_us, metrics_need_key=metrics_need_key(args, key), worker=worker)
+                        inline_below_us=args.inline_below_us, metrics_need_key=metrics_need_key(args, key), worker=worker,
+                        trusted_key=args.trusted_key, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
+                        top_class_only=args.top_class_only)
     app = create_app(settings)
+    options = dict(log_level="warning", access_log=False, loop="uvloop", http=http_protocol(args, app), ws="none",
+                   limit_concurrency=args.max_connections, **tls_options(args))
     if worker is not None:  # one of --workers N, on the socket its supervisor bound
         from helpers.serving import workers
 
-        return workers.serve(app, dict(log_level="warning", access_log=False, loop="uvloop", http=http_protocol(args, app),
-                                       ws="none", limit_concurrency=args.max_connections), args.listen_fd)
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False, loop="uvloop",
-                http=http_protocol(args, app), ws="none", limit_concurrency=args.max_connections)
+        return workers.serve(app, options, args.listen_fd)
+    uvicorn.run(app, host=args.host, port=args.port, **options)
     return 0
+
+
+def tls_options(args) -> dict:
+    """uvicorn's HTTPS settings (none: plain HTTP). With --workers N each worker reads the files itself: uvicorn wraps
+    the shared socket's connections in TLS in every worker."""
+    if args.tls_certfile is None:
+        return {}
+    return {"ssl_certfile": str(args.tls_certfile), "ssl_keyfile": str(args.tls_keyfile)}
 
 
 if __name__ == "__main__":

@@ -19,6 +19,16 @@ version gets a caller on its first request (batching.DynamicBatcher with --batch
 runs a fast model inline on the event loop and a slow one in the server's thread pool); a version's queue is bounded,
 and a request beyond it is shed at once with 503 and Retry-After (`RetryLater`). A model's config.json overrides the
 batching and queue settings for its versions (model_config; `new_caller`).
+
+The defences of chapter 12, each off unless its setting is given:
+
+    trusted_key      every version must carry a signature by this public key (helpers.signing) before a byte of it is
+                     loaded; a version that fails is refused like any bad version (its status says why, the previous
+                     one keeps serving), and every check is counted and timed (`verify_signature`)
+    rate_limit       a token bucket per API key (or per client address, without keys), charged one token per instance
+                     (ratelimit.py); a request beyond it is refused with 429 and Retry-After, not run (`limit`)
+    top_class_only   answers carry a one-hot of the top class instead of the model's scores (`top_class`)
+    api_keys         several keys, each a client of its own (its own bucket, its own label in the metrics)
 """
 
 from __future__ import annotations
@@ -41,6 +51,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Match, Route
 
+from helpers import signing
 from helpers.serving import demo, openapi, rollout, routes_ops, routes_repository, routes_tfserving, routes_v2
 from helpers.serving.batching import BatcherClosed, DirectCalls, DynamicBatcher, QueueFull
 from helpers.serving.drift import DriftMonitor, drift_score
@@ -48,6 +59,7 @@ from helpers.serving.http import SERVER_VERSION, FastRoute, check_model_name, js
 from helpers.serving.http import parse_version as parse_version  # importable from here, as before the split
 from helpers.serving.metrics import ServerMetrics
 from helpers.serving.protocols import RequestError
+from helpers.serving.ratelimit import RateLimiter, client_label, default_burst, retry_after
 from helpers.serving.repository import ModelNotFound, ModelRepository, VersionNotReady
 
 log = logging.getLogger("helpers.serving")
@@ -74,6 +86,18 @@ class Settings:
     metrics_need_key: bool = False  # /metrics lists every model and version: behind the API key when the server is
     # reachable from the network (python -m helpers.serving decides: see its --metrics-access)
     worker: int | None = None  # with --workers N: this process's index, 0 to N-1 (workers.py); None: the only process
+    api_keys: tuple[str, ...] = ()  # more keys (--api-key-file with one per line): any of them, or api_key, is accepted
+    trusted_key: Path | None = None  # a public key (PEM): serve only versions signed by it (helpers.signing)
+    rate_limit: float = 0.0  # instances per second per client (0: no limit); see ratelimit.py
+    rate_burst: int | None = None  # the bucket's size, in instances (None: ratelimit.default_burst(rate_limit))
+    top_class_only: bool = False  # answer a one-hot of the top class, never the model's scores (`top_class`)
+
+    def keys(self) -> tuple[str, ...]:
+        """Every API key the server accepts (empty: none needed)."""
+        return tuple(dict.fromkeys([*([self.api_key] if self.api_key else []), *self.api_keys]))
+
+    def burst(self) -> int:
+        return self.rate_burst if self.rate_burst is not None else default_burst(self.rate_limit)
 
 
 def create_app(settings: Settings) -> FastPath:
@@ -88,6 +112,15 @@ def create_app(settings: Settings) -> FastPath:
     app.state.server = server  # for whoever holds the app only (tests, demo.add_routes); routes are given it
     fast = [r for r in table if isinstance(r, FastRoute)]
     return FastPath(app, fast) if settings.worker is None else WorkerPath(app, fast, settings.worker)
+
+
+class TooManyRequests(RequestError):
+    """429 with Retry-After: the client's rate limit (--rate-limit) has no tokens left for this request, which was not
+    run and cost nothing; Retry-After is when there will be enough (whole seconds, rounded up)."""
+
+    def __init__(self, message: str, seconds: float):
+        super().__init__(429, message)
+        self.headers = {"Retry-After": str(retry_after(seconds))}
 
 
 class RetryLater(RequestError):
@@ -163,7 +196,15 @@ class Server:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.metrics = ServerMetrics(multiprocess=settings.worker is not None)  # workers share their metrics' files
-        self.repository = ModelRepository(settings.repository, on_load=self.count_load)
+        # (key, its label): compared one by one in `authorize`; the label names the client in metrics, never the key,
+        # and keys its rate-limit bucket (two keys sharing 32 bits of sha256 would share one: a 1 in 4e9 chance a pair)
+        self.keys = [(key, client_label(key)) for key in settings.keys()]
+        if settings.trusted_key is not None:
+            signing.check_public_key(settings.trusted_key)  # a wrong file stops the server here, not at every version
+            signing.prepare()
+        self.repository = ModelRepository(settings.repository, on_load=self.count_load,
+                                          verify=self.verify_signature if settings.trusted_key is not None else None)
+        self.limiter = RateLimiter(settings.rate_limit, settings.burst()) if settings.rate_limit > 0 else None
         # id(version state) -> (state, its DynamicBatcher or DirectCalls); the state is kept so its id stays unique
         self.callers: dict[int, tuple] = {}
         self.drift_monitors: dict[int, tuple] = {}  # id(version state) -> (state, its DriftMonitor), likewise
@@ -199,6 +240,25 @@ class Server:
     def count_load(self, model: str, version: int, ok: bool) -> None:
         self.metrics.model_loads.labels(model, str(version), "success" if ok else "failure").inc()
 
+    def verify_signature(self, model: str, version: int, directory: Path) -> None:
+        """The repository's check before loading a version (with --trusted-key): raise SignatureError unless the folder
+        is signed by the trusted key, exactly as it is on disk. Runs in the scanning thread, never on the event loop
+        (it hashes every file). Counted by outcome, timed, and logged with its time: a version refused here is also
+        logged and counted as a failed load by the repository, with the error its status reports."""
+        started, outcome = time.perf_counter(), "invalid"  # anything unforeseen (an unreadable file) is a failure
+        try:
+            signing.verify_version(directory, self.settings.trusted_key)
+            outcome = "valid"
+        except signing.SignatureError as error:
+            outcome = error.outcome
+            raise
+        finally:
+            seconds = time.perf_counter() - started
+            self.metrics.signature_checks.labels(model, outcome).inc()
+            self.metrics.signature_seconds.labels(model).observe(seconds)
+            log.log(logging.INFO if outcome == "valid" else logging.ERROR, "model %s version %d: signature %s (checked "
+                    "in %.1f ms against %s)", model, version, outcome, seconds * 1e3, self.settings.trusted_key)
+
     def count_shadow(self, model: str, served: int, shadow: int, outcome: str, rows: int) -> None:
         self.metrics.child(self.metrics.shadow, model, str(served), str(shadow), outcome).inc(rows)
 
@@ -226,14 +286,41 @@ class Server:
 
     # ------------------------------------------------------------------ checks shared by the routes
 
-    def authorize(self, request: Request) -> None:
-        key = self.settings.api_key
-        if key is None:
-            return
+    def authorize(self, request: Request) -> str | None:
+        """The label of the client's key ("key-" and 8 hex digits: ratelimit.client_label), None if the server has no
+        key; a missing or unknown key is refused with 401."""
+        if not self.keys:
+            return None
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = request.headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")
-        if not hmac.compare_digest(given.encode(), key.encode()):  # constant time: no guessing the key byte by byte
+        given = (request.headers.get("x-api-key") or (token.strip() if scheme.lower() == "bearer" else "")).encode()
+        matched = None
+        for key, label in self.keys:  # every key compared, each in constant time: no guessing a key byte by byte
+            if hmac.compare_digest(given, key.encode()):
+                matched = label
+        if matched is None:
             raise RequestError(401, "missing or invalid API key (send 'Authorization: Bearer <key>' or 'X-API-Key: <key>')")
+        return matched
+
+    def limit(self, request: Request, client: str | None, model: str, rows: int | None = None) -> None:
+        """With --rate-limit: charge `rows` instances to the client's bucket (its key's, else its address's), or refuse
+        the request (429 + Retry-After, nothing charged). `rows=None`, before the body is read: refuse at once a client
+        without even one token left, so that an empty bucket costs no parsing. A request of more rows than the
+        bucket holds could never pass: 400, saying how many it may carry."""
+        if self.limiter is None:
+            return
+        burst = self.limiter.burst
+        if rows is not None and rows > burst:
+            raise RequestError(400, f"this request carries {rows} instances, but the server's rate limit "
+                                    f"({self.limiter.rate:g} instances per second, bursts of {burst}) admits at most "
+                                    f"{burst} per request: send at most {burst} per request")
+        bucket = client or f"address:{request.client.host if request.client else 'unknown'}"
+        wait = self.limiter.wait(bucket, 1) if rows is None else self.limiter.take(bucket, rows)
+        if wait > 0:
+            known = model if model in self.repository.models else "unknown"  # no metric series made up by clients
+            self.metrics.child(self.metrics.rate_limited, known, client or "anonymous").inc()
+            raise TooManyRequests(f"rate limit exceeded: {self.limiter.rate:g} instances per second, bursts of {burst}, "
+                                  f"per {'API key' if client else 'client address'}; this request was not run, retry "
+                                  f"in {wait:.2f} s", wait)
 
     async def read_body(self, request: Request) -> bytes:
         limit = self.settings.max_body_bytes
@@ -303,7 +390,7 @@ class Server:
             self.watch_drift(model, state, y)
         if shadow is not None:
             self.shadow.submit(model, shadow, state.version, x, y)
-        return y
+        return top_class(y) if self.settings.top_class_only else y
 
     def count_classes(self, model: str, state, y: np.ndarray) -> None:
         """Count a classifier's answers by top class, per version: comparing two versions' class mixes on live traffic
@@ -430,3 +517,17 @@ class Server:
         self.metrics.child(self.metrics.requests, model, labels["version"], endpoint, str(response.status_code)).inc()
         self.metrics.child(self.metrics.request_latency, endpoint).observe(time.perf_counter() - started)
         return response
+
+
+def top_class(y: np.ndarray) -> np.ndarray:
+    """--top-class-only: each row's scores replaced by a one-hot of its top class, in the same shape and dtype, so
+    that clients reading `argmax` keep working. Why: a model-extraction attack (chapter 12) trains a copy of the model
+    on its answers, and ten scores per query teach the copy far more than one label (how sure the model is, which
+    classes it confuses), so the same copy needs many more queries without them; the answers' top class is unchanged.
+    Counting by class, drift monitoring and shadow comparisons see the real scores (Server.infer applies this last).
+    An output with fewer than two columns (a single score) is returned as it is: there is no class to pick."""
+    if y.ndim < 2 or y.shape[-1] < 2:
+        return y
+    one_hot = np.zeros_like(y)
+    np.put_along_axis(one_hot, y.argmax(axis=-1)[..., None], 1, axis=-1)
+    return one_hot

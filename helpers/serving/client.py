@@ -11,11 +11,14 @@ from helpers.serving.protocols import BINARY_HEADER
 
 
 class ServingClient:
-    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 30.0):
+    def __init__(self, url: str, api_key: str | None = None, timeout_s: float = 30.0, verify=True):
+        """`verify`: how an https:// server's certificate is checked, as httpx takes it: True (the system's CAs), an
+        ssl.SSLContext (`ssl.create_default_context(cafile=ca)`; RunningServer.verify), or False (never: anyone in
+        the middle could answer)."""
         import httpx
 
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s)
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout_s, verify=verify)
 
     def close(self):
         self.http.close()

@@ -2,7 +2,9 @@
 
 Besides requests, latencies and model loads: how a version's calls are run (inference_runs_inline and the timed call
 that decided it, inference_call_seconds; chapter 06) and the requests shed when a version's queue is full
-(inference_shed_total: each was answered 503 with Retry-After), the models whose config.json is refused
+(inference_shed_total: each was answered 503 with Retry-After), the requests refused by the rate limit
+(inference_rate_limited_total: 429 with Retry-After), the signature checks before loading (model_signature_checks_total
+and model_signature_verify_seconds, with --trusted-key), the models whose config.json is refused
 (model_config_errors), and, below the app, the connections closed by the limits on slow or greedy clients
 (http_connections_closed_total; connections.py).
 
@@ -34,6 +36,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0)
+SIGNATURE_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)  # hashing GBs: s
 
 
 class ServerMetrics:
@@ -103,6 +106,16 @@ class ServerMetrics:
                               "them, the shadow version and the outcome: agree or disagree (top class), error (the shadow "
                               "failed), dropped (its queue was full)", ["model", "version", "shadow_version", "outcome"],
                               registry=into)
+        self.signature_checks = Counter("model_signature_checks_total", "Signature checks of version folders before "
+                                        "loading (with --trusted-key), by model and outcome: valid, missing, invalid "
+                                        "(files changed, or the signature edited), wrong_key (signed by another key)",
+                                        ["model", "outcome"], registry=into)
+        self.signature_seconds = Histogram("model_signature_verify_seconds", "Time to check a version's signature "
+                                           "(hashing every file), by model", ["model"], buckets=SIGNATURE_BUCKETS,
+                                           registry=into)
+        self.rate_limited = Counter("inference_rate_limited_total", "Requests refused with 429 by the rate limit "
+                                    "(--rate-limit), by model and client: key- and 8 hex digits of the API key's "
+                                    "sha256, or anonymous", ["model", "client"], registry=into)
         self.config_errors = self.state_gauge("model_config_errors", "1 while the model's config.json is refused (the "
                                               "config in force before it still applies; the status endpoints say why), "
                                               "else 0", ["model"])

@@ -31,8 +31,8 @@ Where npm was absent at setup, /docs still answers 200: a page that says Swagger
 package needs no restart: reload /docs.
 
 Where to look when the server changes: an operation is one entry of `operations()`; the shapes its bodies take are
-`SCHEMAS`; the errors it can answer are `ERRORS`, as Server.respond, Server.infer and RetryLater (app.py) produce
-them. tests/test_openapi.py checks the document against the server: every route it answers is documented, every
+`SCHEMAS`; the errors it can answer are `ERRORS`, as Server.respond, Server.infer, Server.limit, RetryLater and
+TooManyRequests (app.py) produce them. tests/test_openapi.py checks the document against the server: every route it answers is documented, every
 documented operation is answered, and every example succeeds and matches its response schema.
 """
 
@@ -247,26 +247,38 @@ def error(description: str, headers: dict | None = None) -> dict:
             **({"headers": headers} if headers else {})}
 
 
-ERRORS = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "TooLarge", "500": "InferenceFailed",
-          "503": "Unavailable", "504": "Timeout"}  # status -> its entry in components.responses
+ERRORS = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "TooLarge", "429": "RateLimited",
+          "500": "InferenceFailed", "503": "Unavailable", "504": "Timeout"}  # status -> its entry in components.responses
+RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
 
 def errors(settings: Settings) -> dict:
     """components.responses: every error answer, by the name in ERRORS."""
     return {ERRORS[status]: answer for status, answer in {
         "400": error("Bad request: malformed JSON, wrong shape or type, values outside [0, 1], an invalid model name "
-                     f"or version, a batch over {settings.max_batch_size} instances."),
+                     f"or version, a batch over {settings.max_batch_size} instances"
+                     + (f" (or over the rate limit's burst, {settings.burst()})." if settings.rate_limit else ".")),
         "401": error("Missing or invalid API key (only when the server has one).",
                      {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}),
         "404": error("No such model or version (or no such path)."),
         "413": error(f"The request body exceeds the server's limit of {settings.max_body_bytes:,} bytes."),
+        "429": error(rate_limit_text(settings), RETRY_AFTER),
         "500": error("The model failed on valid inputs (logged by the server)."),
         "503": error("Not served now. With Retry-After: the request was shed, not run (the version's queue was full, "
                      "or the version was replaced or unloaded before it could run), and a retry can succeed. "
-                     "Without: the model has no version available yet.",
-                     {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}),
+                     "Without: the model has no version available yet.", RETRY_AFTER),
         "504": error(f"The inference took longer than the server's {settings.request_timeout_s} s timeout."),
     }.items()}
+
+
+def rate_limit_text(settings: Settings) -> str:
+    """The 429's description: the rate limit in force, or that there is none (the document is the same shape with and
+    without --rate-limit, so that a client written against one works against the other)."""
+    limit = (f"This server's: {settings.rate_limit:g} instances per second, bursts of {settings.burst()}."
+             if settings.rate_limit else "This server has none (start it with --rate-limit to set one).")
+    return ("Too many requests: the client's rate limit (per API key, or per address without keys; one token per "
+            "instance) has no tokens left for this request, which was not run and cost nothing. Retry after the "
+            f"Retry-After seconds. {limit}")
 
 
 # --------------------------------------------------------------------------- operations
@@ -359,7 +371,7 @@ def operations(settings: Settings) -> list[tuple[str, str, dict]]:
                 ["404"], params=params)),
             ("post", f"{base}/infer", operation(
                 f"v2Infer{name}", "v2", f"Inference ({'the given version or label' if at else 'routed by the traffic split'})",
-                v2_infer_answer(), ["400", "404", "413", "500", "503", "504"],
+                v2_infer_answer(), ["400", "404", "413", "429", "500", "503", "504"],
                 params=(*params, "binary_header", *(() if at else ("routing_key",))), body=v2_infer_body(),
                 description="JSON tensors, or binary ones: Triton's binary tensor data extension, for FP32 tensors. "
                             f"A binary request sends the `{BINARY_HEADER}` header (the JSON part's length), the JSON "
@@ -437,7 +449,7 @@ def tfserving_operations(base: str, params: tuple, name: str, which: str) -> lis
                                               params=params)),
         ("post", f"{base}:predict", operation(
             f"tfsPredict{name}", "tfserving", f"Predict ({which})", ok("predictions or outputs", ref("TFSPredictResponse")),
-            ["400", "404", "413", "500", "503", "504"], params=params,
+            ["400", "404", "413", "429", "500", "503", "504"], params=params,
             body=json_body("TFSPredictRequest", ["tfs_rows", "tfs_columns"]),
             description="Row format (`instances`, answered with `predictions`) or columnar format (`inputs`, answered "
                         "with `outputs`). Only :predict: the models are plain predict signatures.")),

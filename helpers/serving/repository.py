@@ -1,7 +1,7 @@
 """A model repository in the TF Serving layout, watched for new versions: `<root>/<model>/<version>/`.
 
-Every numbered version folder is verified (sha256 manifest), loaded into its backend and warmed up before it can answer
-a request; only then is it swapped in, so requests in flight keep the version they started with. A new version that
+Every numbered version folder is verified (its signature, with a `verify` hook: the server's --trusted-key; then its
+sha256 manifest), loaded into its backend and warmed up before it can answer a request; only then is it swapped in, so requests in flight keep the version they started with. A new version that
 fails is recorded with its error (the status endpoints report it) and the previous ones keep serving; it is retried
 when its files change. The latest available version answers requests that name none.
 
@@ -131,8 +131,11 @@ class ModelRepository:
     it loaded (`commit`).
     """
 
-    def __init__(self, root: Path, on_load=None, missing_grace_s: float = MISSING_GRACE_S):
+    def __init__(self, root: Path, on_load=None, missing_grace_s: float = MISSING_GRACE_S, verify=None):
         self.root = Path(root)
+        # verify(model, version, directory) raises unless the folder may be loaded (Server.verify_signature); None: no
+        # check beyond the manifest's
+        self.verify = verify
         self.models: dict[str, dict[int, VersionState]] = {}
         self.unloaded: frozenset[str] = frozenset()  # unloaded by an operator: the watcher leaves them alone
         self.lock = threading.Lock()
@@ -235,6 +238,8 @@ class ModelRepository:
         """The loaded version, or an UNAVAILABLE state saying why it failed; None if its files changed while it was
         being loaded (a copy or a replacement in progress: the next scan tries the files as they will be then)."""
         try:
+            if self.verify is not None:  # first: not a byte of a version that fails it is parsed by a runtime
+                self.verify(model, version, directory)
             backend = load_backend(directory)
         except Exception as error:  # anything: a bad version must never take the server down
             if changed(directory, marks):
@@ -244,6 +249,10 @@ class ModelRepository:
             log.error("model %s version %d refused: %s", model, version, message)
             self.on_load(model, version, False)
             return VersionState(version, "UNAVAILABLE", error=message, fingerprint=marks)
+        if self.verify is not None and changed(directory, marks):  # replaced between the check and the load: the
+            # bytes loaded may not be the bytes checked, so they are not served; the next scan checks the new files
+            log.info("model %s version %d changed while being loaded; trying again on the next scan", model, version)
+            return None
         log.info("model %s version %d loaded (%s)", model, version, backend.platform)
         self.on_load(model, version, True)
         return VersionState(version, "AVAILABLE", backend=backend, fingerprint=marks)

@@ -78,7 +78,7 @@ async def status(server: Server, request: Request, labels: dict) -> Response:
 
 
 async def predict(server: Server, request: Request, labels: dict) -> Response:
-    server.authorize(request)
+    client = server.authorize(request)
     path = request.path_params["path"]
     match = match_v1(path)
     if not match or match["metadata"] or match["verb"] is None:
@@ -87,9 +87,11 @@ async def predict(server: Server, request: Request, labels: dict) -> Response:
         raise RequestError(400, f"method ':{match['verb']}' is not supported here; use ':predict'")
     model, version = check_model_name(match["model"]), parse_version(match["version"])
     labels["model"] = model
+    server.limit(request, client, model)  # an empty bucket is refused before the body is read
     document = protocols.parse_json(await server.read_body(request))
     state, shadow = server.target(model, version, match["label"], request)
     labels["version"] = str(state.version)
     x, layout = protocols.tfs_inputs(document, state.backend.input, server.settings.max_batch_size)
+    server.limit(request, client, model, len(x))  # one token per instance
     y = await server.infer(model, state, x, shadow)
     return Response(protocols.tfs_response(y, layout), media_type="application/json")

@@ -94,8 +94,9 @@ async def model_ready(server: Server, request: Request, labels: dict) -> Respons
 
 
 async def infer(server: Server, request: Request, labels: dict) -> Response:
-    server.authorize(request)
+    client = server.authorize(request)
     model = labels["model"] = check_model_name(request.path_params["model"])
+    server.limit(request, client, model)  # an empty bucket is refused before the body is read
     body = await server.read_body(request)
     header, binary = protocols.split_binary(body, request.headers.get(protocols.BINARY_HEADER))
     document = protocols.parse_json(header)
@@ -103,6 +104,7 @@ async def infer(server: Server, request: Request, labels: dict) -> Response:
     labels["version"] = str(state.version)
     x = protocols.v2_inputs(document, binary, state.backend.input, server.settings.max_batch_size)
     binary_out = protocols.v2_wants_binary(document, state.backend.output)
+    server.limit(request, client, model, len(x))  # one token per instance
     y = await server.infer(model, state, x, shadow)
     content, headers = protocols.v2_response(document, model, state.version, state.backend.output, y, binary_out)
     return Response(content, headers=headers, media_type="application/octet-stream" if binary_out else "application/json")
