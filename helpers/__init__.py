@@ -5,6 +5,9 @@ chapter, in layers: each imports only layers below its own (pyproject.toml's imp
 
     chapters 10-11  model_servers/  Triton, PyTriton, MLServer, BentoML, LitServe, Ray Serve: started, measured (10)
                     ab_testing      sample sizes, the two-proportion test, peeking and the always-valid mSPRT (11)
+    chapter 12      malicious_files model files that run code when loaded, the scanners measured on them, safe loaders
+                    adversarial     FGSM, PGD (checked against ART), fast adversarial training
+                    extraction      a copy of the served model trained from its answers, against the query budget
     chapter 09      demo            the draw-a-digit page's model repository and `make demo`
                     browser         Chromium driven by Playwright: the page as a test and a benchmark
     chapters 05-08  quantize        int8 arithmetic, LiteRT / ONNX Runtime / PT2E quantization, QAT
@@ -22,6 +25,7 @@ chapter, in layers: each imports only layers below its own (pyproject.toml's imp
     below the server runtimes       every ONNX Runtime session and SavedModel load, with the one thread setting
                     processes       the one way to start and stop a process, and only the course's own
                     losses          losses and the one softmax, in plain NumPy (chapter 01's reference)
+                    signing, tls    versions signed and verified (model-signing, local keys); certificates for HTTPS (12)
     foundation      integrity, fixes, progress, paths           hashes, the fixes table, progress bars, where things live
                     quiet           the stack's start-up notices kept out of cell outputs (the kernel installs it)
                     show            the course's own code displayed in a notebook, read from its source file
