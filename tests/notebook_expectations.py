@@ -222,4 +222,23 @@ EXPECTATIONS = {
         "aa_peeking_fpr": (">", 0.1),
         "aa_msprt_fpr": ("<=", 0.071),
     },
+    "12_security": {
+        # every malicious file is refused by its format's safe loader, and no payload ever runs
+        "safe_loaders_refused_share": ("==", 1.0),
+        "safe_loaders_marker_written": ("==", False),
+        "malicious_files": (">=", 12),
+        # the textbook payload is caught by every scanner (each catch rate is above zero); the rates are reported
+        "modelscan_catch_rate": (">", 0.0),
+        "picklescan_catch_rate": (">", 0.0),
+        "fickling_catch_rate": (">", 0.0),
+        # with --trusted-key: no unsigned, wrongly signed or tampered version answers, and no request fails meanwhile
+        "served_untrusted_versions": ("==", 0),
+        "failed_requests_during_attempts": ("==", 0),
+        # the attack crosses the API intact; our PGD agrees with ART's (2 points asserted in full mode, on 1,000 images)
+        "served_vs_torch_max_gap": ("<=", 0.01),
+        "pgd_vs_art_max_gap": ("<=", 0.05),
+        # the first 20 requests empty the bucket of 20; a request or two more as tokens refill during the run
+        "rate_limit_admitted_of_30": ("<=", 22),
+        "https_verified": ("==", True),
+    },
 }
