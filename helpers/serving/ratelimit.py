@@ -9,6 +9,11 @@ A `TokenBucket(rate, burst)` holds up to `burst` tokens and refills continuously
 n rows is admitted if the bucket holds n tokens, which it then loses; otherwise it is refused and costs nothing (a
 refused request was not run), and the answer says how long until n tokens exist (the server's Retry-After). A request
 of more rows than `burst` could never be admitted: the server refuses it as a bad request instead.
+Tokens are taken when a request is admitted, before it runs: one the server then sheds (503, queue full) or times out
+(504) has spent them, as one that ran has, so that overloading the server never buys a client more queries. A client
+whose bucket is already empty is refused before its body is read (no parsing spent on it), so a request too large to
+ever pass gets 429 while the bucket is empty and 400 once it is not. Requests refused for their API key (401) never
+reach a bucket: guessing keys is slowed by their length (and by a proxy's limits), not here.
 
 `RateLimiter` keeps the buckets: one per API key (a bounded set: the keys the server was given) and, for a server
 without keys (loopback only), one per client address. Addresses are not bounded by anything the server chose, so their

@@ -111,9 +111,15 @@ def valid_name(name: str) -> bool:
 
 
 def fingerprint(directory: Path) -> tuple:
-    """Names, sizes and modification times of a folder's files: changes when a copy completes or a file is replaced."""
-    return tuple(sorted((str(p.relative_to(directory)), p.stat().st_size, p.stat().st_mtime_ns)
-                        for p in directory.rglob("*") if p.is_file()))
+    """Names, sizes, modification and change times and inodes of a folder's files: changes when a copy completes or a
+    file is replaced or rewritten. The change time (ctime) matters with --trusted-key: whoever rewrites a file between
+    its signature check and its load can keep its size and set its mtime back (os.utime), but not its ctime, which
+    the kernel sets on every write; load_version refuses a version whose fingerprint changed meanwhile."""
+    def marks(path: Path) -> tuple:
+        info = path.stat()
+        return str(path.relative_to(directory)), info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_ino
+
+    return tuple(sorted(marks(p) for p in directory.rglob("*") if p.is_file()))
 
 
 class ModelRepository:
