@@ -24,16 +24,22 @@ SAME_MODULE = {"tensorflow-cpu": "tensorflow", "tensorflow": "tensorflow-cpu"}
 
 
 def marker_holds(marker: str, environment: dict[str, str] | None = None) -> bool:
-    """A PEP 508 marker made of `==`/`!=` comparisons joined by `and`/`or` (all requirements.txt uses), evaluated
+    """A PEP 508 marker made of `==`/`!=` comparisons (and `<`, `<=`, `>`, `>=` of python_version) joined by
+    `and`/`or` (all requirements.txt uses), evaluated
     for this machine or for `environment` (stdlib only: `make doctor` runs this before setup)."""
     values = {"sys_platform": sys.platform, "platform_machine": platform.machine(), "platform_system": platform.system(),
               "os_name": os.name, "python_version": "%d.%d" % sys.version_info[:2]} | (environment or {})
 
     def comparison(text: str) -> bool:
-        match = re.fullmatch(r"\s*(\w+)\s*(==|!=)\s*[\"']([^\"']*)[\"']\s*", text)
-        if match is None or match.group(1) not in values:
+        match = re.fullmatch(r"\s*(\w+)\s*(==|!=|<=|>=|<|>)\s*[\"']([^\"']*)[\"']\s*", text)
+        if match is None or match.group(1) not in values or (match.group(2) not in ("==", "!=")
+                                                              and match.group(1) != "python_version"):
             raise ValueError(f"requirements.txt: marker {text.strip()!r} is not one this reader understands")
-        return (values[match.group(1)] == match.group(3)) == (match.group(2) == "==")
+        name, operator, value = match.groups()
+        if operator in ("==", "!="):
+            return (values[name] == value) == (operator == "==")
+        ours, theirs = (tuple(int(part) for part in v.split(".")) for v in (values[name], value))  # 3.13 > 3.9
+        return {"<": ours < theirs, "<=": ours <= theirs, ">": ours > theirs, ">=": ours >= theirs}[operator]
 
     return any(all(comparison(part) for part in re.split(r"\band\b", either)) for either in re.split(r"\bor\b", marker))
 
