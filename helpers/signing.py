@@ -191,6 +191,8 @@ def what_failed(error: Exception) -> str:
     """model_signing's reason in a sentence: which files differ from the signed ones, or that the signature fails."""
     text = str(error)
     if text.startswith("Signature mismatch"):
+        # model_signing's message is str() of a list, so a quote may come escaped (\\') when a digest holds one
+        text = text.replace("\\'", "'")
         changed = re.findall(r"Hash mismatch for '([^']+)'", text)
         added = re.findall(r"Extra files found in model '[^']*': ([^\"\]]+)", text)
         removed = re.findall(r"Missing files in model '[^']*': ([^\"\]]+)", text)

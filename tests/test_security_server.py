@@ -321,3 +321,10 @@ def test_flags_that_cannot_work_stop_the_server_with_the_reason(exports, tmp_pat
     flags = [str(exports["trusted"].private) if flag == "PRIVATE" else flag for flag in flags]
     assert server_main(["--repository", str(tmp_path), *flags]) == 2
     assert words in capsys.readouterr().err
+
+
+def test_the_reason_names_the_changed_file_even_when_model_signings_message_escapes_its_quotes():
+    # model_signing's message is str() of a list: a digest holding both quote characters makes Python escape them
+    listed = ["Hash mismatch for 'manifest.json': Expected 'Digest(digest_value=b\"\\'x\")', Actual 'y'"]
+    assert "\\'" in str(listed)
+    assert signing.what_failed(ValueError("Signature mismatch: " + str(listed))) == "manifest.json changed since it was signed"
