@@ -271,6 +271,23 @@ def check_drift_reference(value, files) -> list[str]:
     return problems
 
 
+def check_explainer(value, files) -> list[str]:
+    """helpers.serving.explainer's PyTorch twin: {"file": a listed .safetensors, "framework": "torch", "layers": [...],
+    "of": ...}; the layers themselves are checked when the explainer is built."""
+    if not isinstance(value, dict) or not {"file", "framework", "layers", "of"} <= set(value):
+        return ["'explainer' must be an object with 'file', 'framework', 'layers' and 'of'"]
+    problems = []
+    if not isinstance(files, dict) or value["file"] not in files:
+        problems.append(f"'explainer' names {value['file']!r}, which 'files' does not list")
+    elif not str(value["file"]).endswith(".safetensors"):
+        problems.append(f"'explainer': 'file' must be a .safetensors file (weights only, no code), got {value['file']!r}")
+    if value["framework"] != "torch":
+        problems.append(f"'explainer': 'framework' must be \"torch\", got {value['framework']!r}")
+    if not isinstance(value["layers"], list) or not value["layers"]:
+        problems.append("'explainer': 'layers' must be a non-empty list")
+    return problems
+
+
 def is_measured(value) -> bool:
     """The export's own test result: {"accuracy": in [0, 1], "images": how many, "dataset": which}."""
     return (isinstance(value, dict) and set(value) == {"accuracy", "images", "dataset"} and is_number(value["accuracy"])
@@ -317,6 +334,8 @@ def check_manifest(manifest: dict) -> list[str]:
         problems += check_io(manifest, "")
     if "drift_reference" in manifest:
         problems += check_drift_reference(manifest["drift_reference"], manifest.get("files"))
+    if "explainer" in manifest:
+        problems += check_explainer(manifest["explainer"], manifest.get("files"))
     return problems
 
 

@@ -12,13 +12,18 @@ from helpers import export, models
 CARD = {"name": "source_cnn", "file_sha256": "c" * 64}
 
 
+def model_of(seed: int):
+    """The source_cnn with random weights that make_export(..., seed) exports."""
+    torch.manual_seed(seed)
+    return models.torch_model("source_cnn").eval()
+
+
 def make_export(tmp_path, seed: int, x: np.ndarray):
     """A source_cnn ONNX export (random weights) in its own artifacts folder; returns (folder, its logits for `x`)."""
     saved = os.environ.get("COURSE_ARTIFACTS")
     os.environ["COURSE_ARTIFACTS"] = str(tmp_path / f"artifacts-{seed}")
     try:
-        torch.manual_seed(seed)
-        model = models.torch_model("source_cnn").eval()
+        model = model_of(seed)
         directory = export.export_torch_onnx(model, "source_cnn", 1, CARD)
         return directory, export.torch_predictor(model)(x)
     finally:

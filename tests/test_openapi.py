@@ -21,6 +21,7 @@ from helpers.serving import client as serving_client
 from helpers.serving import openapi
 from helpers.serving.app import Settings, create_app
 from helpers.serving.backends import Backend, TensorSpec
+from helpers.serving.explainer import Explanation
 from helpers.serving.model_config import ModelConfig
 from helpers.serving.protocols import BINARY_HEADER
 from helpers.serving.repository import ModelVersions, VersionState
@@ -39,6 +40,18 @@ class FakeBackend(Backend):
 
     def predict(self, x):
         return x.reshape(len(x), -1)[:, :10] * 2.0
+
+
+class FakeExplainer:
+    """What :explain calls: a map of each instance's own pixels, for its top class."""
+
+    def explain(self, x, method, targets, steps):
+        targets = np.asarray(targets if targets is not None else FakeBackend().predict(x).argmax(1))
+        deltas = np.zeros(len(x)) if method == "integrated_gradients" else None
+        return Explanation(x.copy(), targets, deltas)
+
+
+FakeBackend.explainer = FakeExplainer()
 
 
 @pytest.fixture
@@ -195,7 +208,7 @@ def test_the_document_is_sound_openapi_3_1(serving):
 
 
 V1_PATHS = [f"mnist{at}{verb}" for at in ("", "/versions/1", "/labels/stable")
-            for verb in ("", "/metadata", ":predict", ":classify", ":regress")]  # TF Serving's REST paths
+            for verb in ("", "/metadata", ":predict", ":explain", ":classify", ":regress")]  # TF Serving's REST paths
 FILL = {"model": ["mnist"], "version": ["1"], "label": ["stable"], "action": ["load", "unload", "reload"],
         "path": V1_PATHS, "name": ["index.html", "demo.js", "ort.min.js"]}
 
@@ -230,7 +243,8 @@ def uncovered(app, doc: dict) -> list[str]:
             problems.append(f"{method.upper()} {path} is documented but no route serves it")
     regexes = documented_regex(doc)
     bodies = {"infer": body_of(doc, doc["paths"]["/v2/models/{model}/infer"]["post"]),
-              "predict": body_of(doc, doc["paths"]["/v1/models/{model}:predict"]["post"])}
+              "predict": body_of(doc, doc["paths"]["/v1/models/{model}:predict"]["post"]),
+              "explain": body_of(doc, doc["paths"]["/v1/models/{model}:explain"]["post"])}
 
     async def probe(http):
         for method, path, op in operations(doc):

@@ -51,6 +51,8 @@ def parse_args(argv=None):
                         help="longest wait for a batch to fill")
     parser.add_argument("--max-body-bytes", type=int, default=defaults.max_body_bytes)
     parser.add_argument("--max-batch-size", type=int, default=defaults.max_batch_size, help="instances per request")
+    parser.add_argument("--max-explain-instances", type=positive(int), default=defaults.max_explain_instances,
+                        help="instances per :explain request (each costs tens of predictions)")
     parser.add_argument("--request-timeout-s", type=float, default=defaults.request_timeout_s)
     parser.add_argument("--max-queue", type=int, default=defaults.max_queue,
                         help="requests waiting per model version; beyond it, 503 with Retry-After (0: no limit)")
@@ -203,7 +205,7 @@ def main(argv=None) -> int:
                         drift_alpha=args.drift_alpha, demo=args.demo, max_queue=args.max_queue,
                         inline_below_us=args.inline_below_us, metrics_need_key=metrics_need_key(args, key), worker=worker,
                         trusted_key=args.trusted_key, rate_limit=args.rate_limit, rate_burst=args.rate_burst,
-                        top_class_only=args.top_class_only)
+                        top_class_only=args.top_class_only, max_explain_instances=args.max_explain_instances)
     app = create_app(settings)
     options = dict(log_level="warning", access_log=False, loop="uvloop", http=http_protocol(args, app), ws="none",
                    limit_concurrency=args.max_connections, **tls_options(args))

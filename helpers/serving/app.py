@@ -27,7 +27,8 @@ The defences of chapter 12, each off unless its setting is given:
                      one keeps serving), and every check is counted and timed (`verify_signature`)
     rate_limit       a token bucket per API key (or per client address, without keys), charged one token per instance
                      (ratelimit.py); a request beyond it is refused with 429 and Retry-After, not run (`limit`)
-    top_class_only   answers carry a one-hot of the top class instead of the model's scores (`top_class`)
+    top_class_only   answers carry a one-hot of the top class instead of the model's scores (`top_class`), and
+                     :explain is refused (403): an attribution map is a gradient of the scores
     api_keys         several keys, each a client of its own (its own bucket, its own label in the metrics)
 """
 
@@ -91,6 +92,8 @@ class Settings:
     rate_limit: float = 0.0  # instances per second per client (0: no limit); see ratelimit.py
     rate_burst: int | None = None  # the bucket's size, in instances (None: ratelimit.default_burst(rate_limit))
     top_class_only: bool = False  # answer a one-hot of the top class, never the model's scores (`top_class`)
+    max_explain_instances: int = 16  # instances per :explain request: each costs Integrated Gradients' steps of
+    # forward and backward passes, tens of predictions
 
     def keys(self) -> tuple[str, ...]:
         """Every API key the server accepts (empty: none needed)."""
@@ -392,6 +395,25 @@ class Server:
             self.shadow.submit(model, shadow, state.version, x, y)
         return top_class(y) if self.settings.top_class_only else y
 
+    async def explain(self, model: str, state, x: np.ndarray, method: str, targets, steps: int):
+        """The version's explainer run on `x` in the thread pool (it takes milliseconds to seconds: never on the event
+        loop), within the request timeout; timed by method. Not counted by class, not watched for drift, not shadowed:
+        those describe what the server answers, and an explanation answers no prediction."""
+        started = time.perf_counter()
+        try:
+            async with asyncio.timeout(self.settings.request_timeout_s):
+                explanation = await asyncio.get_running_loop().run_in_executor(
+                    self.pool, state.backend.explainer.explain, x, method, targets, steps)
+        except TimeoutError:
+            raise RequestError(504, f"explanation took longer than {self.settings.request_timeout_s} s; send fewer "
+                                    "instances or fewer steps") from None
+        except Exception as error:  # inputs were validated: the server's failure, logged, and it keeps serving
+            log.exception("explanation failed for model %s version %d", model, state.version)
+            raise RequestError(500, f"explanation failed: {type(error).__name__}: {str(error)[:300]}") from None
+        self.metrics.child(self.metrics.explain_latency, model, str(state.version), method).observe(
+            time.perf_counter() - started)
+        return explanation
+
     def count_classes(self, model: str, state, y: np.ndarray) -> None:
         """Count a classifier's answers by top class, per version: comparing two versions' class mixes on live traffic
         is how a canary that answers wrongly (without a single error) gets caught (chapter 11)."""
@@ -501,7 +523,7 @@ class Server:
         """Run a counted route's `handler(server, request, labels)`; turn RequestErrors into JSON errors; count and
         time every answer."""
         started = time.perf_counter()
-        labels = {"model": "", "version": ""}  # the handler fills them in as it learns them
+        labels = {"model": "", "version": ""}  # the handler fills them in as it learns them (and may name its endpoint)
         try:
             response = await handler(self, request, labels)
         except RequestError as error:
@@ -514,6 +536,7 @@ class Server:
             response = json_response({"error": f"internal error: {type(error).__name__}"}, 500)
         # a name the repository does not know is counted as "unknown": clients must not be able to create metric series
         model = labels["model"] if not labels["model"] or labels["model"] in self.repository.models else "unknown"
+        endpoint = labels.get("endpoint", endpoint)  # :explain shares :predict's route, not its name
         self.metrics.child(self.metrics.requests, model, labels["version"], endpoint, str(response.status_code)).inc()
         self.metrics.child(self.metrics.request_latency, endpoint).observe(time.perf_counter() - started)
         return response

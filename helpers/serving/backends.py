@@ -14,6 +14,7 @@ import numpy as np
 
 from helpers import runtimes
 from helpers.integrity import IntegrityError, sha256_bytes, verify_manifest
+from helpers.serving.explainer import Explainer, load_explainer
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Backend:
     input: TensorSpec
     output: TensorSpec
     drift_reference: np.ndarray | None = None  # reference output probabilities, if the version ships them (chapter 07)
+    explainer: Explainer | None = None  # its PyTorch twin, for :explain, if the version ships one (chapter 13)
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -85,6 +87,8 @@ def load_backend(directory: Path) -> Backend:
         raise ValueError(f"{directory}: warm-up gave an output of shape {output.shape} (expected {expected}) or non-finite values")
     if "drift_reference" in manifest:  # listed in the manifest, so verified above with the model
         backend.drift_reference = load_drift_reference(Path(directory) / manifest["drift_reference"]["file"], output.shape[1])
+    if "explainer" in manifest:  # likewise verified above; checked here against the model it explains
+        backend.explainer = load_explainer(directory, manifest["explainer"], backend.predict, backend.input.shape[1:])
     return backend
 
 

@@ -62,6 +62,23 @@ class ServingClient:
         response.raise_for_status()
         return np.asarray(response.json()["outputs" if columnar else "predictions"], np.float32)
 
+    def explain(self, model: str, x: np.ndarray, method: str = "integrated_gradients", targets=None, steps: int = 32,
+                version: int | None = None) -> dict:
+        """:explain (chapter 13): {"method": ..., "attributions": array shaped like x, "targets": array, "deltas":
+        array or None (Integrated Gradients' completeness gaps)}."""
+        path = f"/v1/models/{model}" + (f"/versions/{version}" if version else "") + ":explain"
+        body = {"instances": x, "method": method, "steps": steps, **({"targets": list(map(int, targets))}
+                                                                     if targets is not None else {})}
+        response = self.http.post(path, content=orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY),
+                                  headers={"Content-Type": "application/json"})
+        response.raise_for_status()
+        answer = response.json()
+        entries = answer["explanations"]
+        deltas = [e["delta"] for e in entries] if entries and "delta" in entries[0] else None
+        return {"method": answer["method"], "attributions": np.asarray([e["attributions"] for e in entries], np.float32),
+                "targets": np.asarray([e["target"] for e in entries]),
+                "deltas": None if deltas is None else np.asarray(deltas)}
+
     def infer(self, model: str, x: np.ndarray, input_name: str, version: int | None = None, binary: bool = False) -> dict:
         """Open Inference Protocol infer; `binary` sends the input and asks for the output as binary tensor data.
         Returns {"model_version": ..., "outputs": {name: array}}."""

@@ -2,7 +2,7 @@
 
 Besides requests, latencies and model loads: how a version's calls are run (inference_runs_inline and the timed call
 that decided it, inference_call_seconds; chapter 06) and the requests shed when a version's queue is full
-(inference_shed_total: each was answered 503 with Retry-After), the requests refused by the rate limit
+(inference_shed_total: each was answered 503 with Retry-After), the time :explain takes (inference_explain_duration_seconds, chapter 13), the requests refused by the rate limit
 (inference_rate_limited_total: 429 with Retry-After), the signature checks before loading (model_signature_checks_total
 and model_signature_verify_seconds, with --trusted-key), the models whose config.json is refused
 (model_config_errors), and, below the app, the connections closed by the limits on slow or greedy clients
@@ -116,6 +116,9 @@ class ServerMetrics:
         self.rate_limited = Counter("inference_rate_limited_total", "Requests refused with 429 by the rate limit "
                                     "(--rate-limit), by model and client: key- and 8 hex digits of the API key's "
                                     "sha256, or anonymous", ["model", "client"], registry=into)
+        self.explain_latency = Histogram("inference_explain_duration_seconds", "Time to compute a request's "
+                                         "explanations (:explain), by model, version and method", ["model", "version",
+                                         "method"], buckets=LATENCY_BUCKETS, registry=into)
         self.config_errors = self.state_gauge("model_config_errors", "1 while the model's config.json is refused (the "
                                               "config in force before it still applies; the status endpoints say why), "
                                               "else 0", ["model"])

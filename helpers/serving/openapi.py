@@ -70,7 +70,7 @@ MISSING_SWAGGER_UI = with_fix(FIXES["swagger-ui"].symptom, "swagger-ui")  # two 
 # (stable, canary). Kept in a list of their own: which labels exist is the repository's business, and the test of the
 # document counts these paths as served only once the server answers them.
 LABEL_BASE = "/v1/models/{model}/labels/{label}"
-LABEL_PATHS = (LABEL_BASE, f"{LABEL_BASE}/metadata", f"{LABEL_BASE}:predict")
+LABEL_PATHS = (LABEL_BASE, f"{LABEL_BASE}/metadata", f"{LABEL_BASE}:predict", f"{LABEL_BASE}:explain")
 
 
 def routes(server: Server) -> list[Route]:
@@ -198,6 +198,22 @@ SCHEMAS = {
         "description": "Exactly one of `instances` (answered with `predictions`) or `inputs` (answered with `outputs`)."},
     "TFSPredictResponse": {**obj({"predictions": ref("NumberArray"), "outputs": ref("NumberArray")}),
                            "oneOf": [{"required": ["predictions"]}, {"required": ["outputs"]}]},
+    "TFSExplainRequest": obj(
+        {"instances": array(ref("NumberArray"), "row format: one entry per instance", minItems=1),
+         "method": {"type": "string", "enum": ["saliency", "integrated_gradients", "occlusion"],
+                    "default": "integrated_gradients"},
+         "targets": array({"type": "integer", "minimum": 0}, "the class each map explains, one per instance "
+                          "(default: the instance's top class)"),
+         "steps": {"type": "integer", "minimum": 2, "maximum": 256, "default": 32,
+                   "description": "Integrated Gradients' steps along the path from the baseline (black) image"}},
+        ["instances"], "Instances to explain, as for :predict's row format (no columnar format)."),
+    "TFSExplainResponse": obj(
+        {"method": STRING, "explanations": array(obj(
+            {"target": {"type": "integer"}, "attributions": ref("NumberArray"),
+             "delta": {**NUMBER, "description": "Integrated Gradients only: the map's sum minus the change of the "
+                                                "target's score from the baseline (completeness: near 0)"}},
+            ["target", "attributions"]), "one per instance, each map shaped like its instance")},
+        ["method", "explanations"]),
     "TFSModelStatus": obj({"model_version_status": array(obj(
         {"version": STRING, "state": {"type": "string", "enum": ["AVAILABLE", "END"], "description":
                                       "END: the version failed to load (its error in status)"},
@@ -247,7 +263,7 @@ def error(description: str, headers: dict | None = None) -> dict:
             **({"headers": headers} if headers else {})}
 
 
-ERRORS = {"400": "BadRequest", "401": "Unauthorized", "404": "NotFound", "413": "TooLarge", "429": "RateLimited",
+ERRORS = {"400": "BadRequest", "401": "Unauthorized", "403": "Forbidden", "404": "NotFound", "413": "TooLarge", "429": "RateLimited",
           "500": "InferenceFailed", "503": "Unavailable", "504": "Timeout"}  # status -> its entry in components.responses
 RETRY_AFTER = {"Retry-After": {"description": "seconds to wait before retrying", "schema": {"type": "integer"}}}
 
@@ -260,6 +276,7 @@ def errors(settings: Settings) -> dict:
                      + (f" (or over the rate limit's burst, {settings.burst()})." if settings.rate_limit else ".")),
         "401": error("Missing or invalid API key (only when the server has one).",
                      {"WWW-Authenticate": {"schema": {"type": "string", "const": "Bearer"}}}),
+        "403": error("Refused by the server's settings: :explain on a server that answers top classes only."),
         "404": error("No such model or version (or no such path)."),
         "413": error(f"The request body exceeds the server's limit of {settings.max_body_bytes:,} bytes."),
         "429": error(rate_limit_text(settings), RETRY_AFTER),
@@ -440,7 +457,7 @@ def v2_infer_answer() -> dict:
 
 
 def tfserving_operations(base: str, params: tuple, name: str, which: str) -> list[tuple[str, str, dict]]:
-    """Status, metadata and :predict under `base` (/v1/models/{model}, .../versions/{version}, .../labels/{label})."""
+    """Status, metadata, :predict and :explain under `base` (/v1/models/{model}, .../versions/{version}, .../labels/{label})."""
     return [
         ("get", base, operation(f"tfsStatus{name}", "tfserving", f"Status of the model's versions ({which})",
                                 ok("status", ref("TFSModelStatus")), ["400", "404"], params=params)),
@@ -452,7 +469,16 @@ def tfserving_operations(base: str, params: tuple, name: str, which: str) -> lis
             ["400", "404", "413", "429", "500", "503", "504"], params=params,
             body=json_body("TFSPredictRequest", ["tfs_rows", "tfs_columns"]),
             description="Row format (`instances`, answered with `predictions`) or columnar format (`inputs`, answered "
-                        "with `outputs`). Only :predict: the models are plain predict signatures.")),
+                        "with `outputs`). :classify and :regress are not served: the models are plain predict "
+                        "signatures.")),
+        ("post", f"{base}:explain", operation(
+            f"tfsExplain{name}", "tfserving", f"Explain ({which})", ok("an attribution map per instance",
+                                                                        ref("TFSExplainResponse")),
+            ["400", "403", "404", "413", "429", "500", "503", "504"], params=params,
+            body=json_body("TFSExplainRequest", ["tfs_rows"]),
+            description="Attribution maps computed by the version's explainer (its PyTorch twin, shipped beside the "
+                        "served file): 400 for a version without one. 403 when the server answers top classes only: "
+                        "a map reveals the model's gradients.")),
     ]
 
 

@@ -180,6 +180,14 @@ def tfs_response(outputs: np.ndarray, layout: str) -> bytes:
     return orjson.dumps({key: outputs}, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
+def explain_response(method: str, explanation) -> bytes:
+    """:explain's answer: one entry per instance, its map in the instance's shape (helpers.serving.explainer)."""
+    deltas = explanation.deltas
+    entries = [{"target": int(t), "attributions": a, **({"delta": float(deltas[i])} if deltas is not None else {})}
+               for i, (t, a) in enumerate(zip(explanation.targets, explanation.attributions))]
+    return orjson.dumps({"method": method, "explanations": entries}, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
 def tfs_status(versions: dict, messages: dict | None = None) -> dict:
     """GET /v1/models/<model>: TF Serving's model_version_status list; `messages` (version -> text) replace the states'
     own errors (ModelRepository.reports: a refused config.json, the version policy)."""
