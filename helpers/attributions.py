@@ -260,13 +260,18 @@ def randomised_copies(model, seed: int = 0) -> list[tuple[str, object]]:
     return copies
 
 
-def rank_correlations(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+def rank_correlations(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> np.ndarray:
     """Spearman's rank correlation between a[i] and b[i], flattened, per example: the Pearson correlation of their
-    ranks (ties share their mean rank, as in scipy.stats.spearmanr). nan where a map is constant."""
+    ranks (ties share their mean rank, as in scipy.stats.spearmanr). `where` (a boolean array of their shape) keeps
+    only the pixels it marks, a different set per example. nan where a map is constant (or fewer than two pixels)."""
     from scipy.stats import rankdata
 
-    ra = rankdata(a.reshape(len(a), -1), axis=1)
-    rb = rankdata(b.reshape(len(b), -1), axis=1)
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    if where is not None:
+        keep = np.asarray(where, bool).reshape(len(a), -1)
+        return np.array([rank_correlations(a[i][keep[i]][None], b[i][keep[i]][None])[0] if keep[i].sum() > 1
+                         else np.nan for i in range(len(a))])
+    ra, rb = rankdata(a, axis=1), rankdata(b, axis=1)
     ra, rb = ra - ra.mean(1, keepdims=True), rb - rb.mean(1, keepdims=True)
     with np.errstate(divide="ignore", invalid="ignore"):
         return (ra * rb).sum(1) / np.sqrt((ra**2).sum(1) * (rb**2).sum(1))
@@ -276,10 +281,13 @@ def randomisation_check(model, x: np.ndarray, targets: np.ndarray, methods=METHO
                         **attribute_kwargs) -> pd.DataFrame:
     """One row per method and cascade step: method, layers (how many randomised, 0 = the trained model against
     itself), randomised (their names from the top down), spearman (mean over images of the rank correlation of the
-    absolute maps of the trained and the randomised model: the paper's main variant) and spearman_signed (the same
-    without the absolute value). A method passes the check when spearman is low once every layer is random: its maps
+    absolute maps of the trained and the randomised model: the paper's main variant), spearman_signed (the same
+    without the absolute value) and spearman_strokes (absolute maps, only the pixels where the image differs from
+    the baseline: the zeros that integrated gradients and occlusion give every baseline pixel, for any model, are
+    shared ranks that would count as agreement). A method passes the check when spearman is low once every layer is random: its maps
     depend on what the model learnt. The numbers are returned, not judged (see `passes`)."""
     copies = [("", model), *randomised_copies(model, seed)]
+    strokes = np.asarray(x) != attribute_kwargs.get("baseline", 0.0)
     rows = []
     for method in methods:
         check_method(method)
@@ -290,12 +298,13 @@ def randomisation_check(model, x: np.ndarray, targets: np.ndarray, methods=METHO
             maps = attribute(randomised, x, targets, method, **attribute_kwargs)
             rows.append({"method": method, "layers": count, "randomised": " + ".join(names) or "none",
                          "spearman": float(np.nanmean(rank_correlations(np.abs(trained), np.abs(maps)))),
-                         "spearman_signed": float(np.nanmean(rank_correlations(trained, maps)))})
+                         "spearman_signed": float(np.nanmean(rank_correlations(trained, maps))),
+                         "spearman_strokes": float(np.nanmean(rank_correlations(np.abs(trained), np.abs(maps), strokes)))})
     return pd.DataFrame(rows)
 
 
-def passes(frame: pd.DataFrame, threshold: float) -> pd.Series:
-    """method -> whether its mean rank correlation with every layer randomised is below `threshold`. Adebayo et al.
-    judge by eye and set no threshold, so there is no default: the caller chooses and states one."""
+def passes(frame: pd.DataFrame, threshold: float, column: str = "spearman") -> pd.Series:
+    """method -> whether its mean rank correlation (`column`) with every layer randomised is below `threshold`.
+    Adebayo et al. judge by eye and set no threshold, so there is no default: the caller chooses and states one."""
     last = frame[frame["layers"] == frame.groupby("method")["layers"].transform("max")]
-    return last.set_index("method")["spearman"] < threshold
+    return last.set_index("method")[column] < threshold

@@ -283,10 +283,26 @@ def test_rank_correlations_are_scipys_spearman_per_row_with_ties():
     assert np.isnan(constant).all()
 
 
+def test_rank_correlations_where_keeps_each_examples_own_pixels():
+    a = RNG.normal(size=(4, 1, 5, 5))
+    b = a + RNG.normal(size=a.shape)
+    where = RNG.random(a.shape) < 0.5
+    where[3] = False
+    where[3, 0, 0, 0] = True  # one pixel: no correlation to speak of
+    expected = [spearmanr(a[i][where[i]], b[i][where[i]]).statistic for i in range(3)]
+    got = attributions.rank_correlations(a, b, where)
+    np.testing.assert_allclose(got[:3], expected, rtol=1e-10)
+    assert np.isnan(got[3])
+    # shared zeros agree: on every pixel the correlation is higher than on the rest alone
+    a0, b0 = np.where(where, 0.0, np.abs(a)), np.where(where, 0.0, np.abs(b))
+    assert (attributions.rank_correlations(a0, b0)[:3] > attributions.rank_correlations(a0, b0, ~where)[:3]).all()
+
+
 def test_randomisation_check_compares_each_cascade_step_with_the_trained_maps():
-    model, x, targets = tiny_cnn(), X[:3], TARGETS[:3]
+    model, targets = tiny_cnn(), TARGETS[:3]
+    x = np.where(X[:3] > 0.5, X[:3], 0.0).astype(np.float32)  # black pixels, as in a digit
     frame = attributions.randomisation_check(model, x, targets, seed=2, steps=4)
-    assert list(frame.columns) == ["method", "layers", "randomised", "spearman", "spearman_signed"]
+    assert list(frame.columns) == ["method", "layers", "randomised", "spearman", "spearman_signed", "spearman_strokes"]
     assert frame["method"].tolist() == [m for m in attributions.METHODS for _ in range(3)]
     assert frame["layers"].tolist() == [0, 1, 2] * 3
     assert frame["randomised"].tolist() == ["none", "3 Linear", "3 Linear + 0 Conv2d"] * 3
@@ -298,6 +314,10 @@ def test_randomisation_check_compares_each_cascade_step_with_the_trained_maps():
     expected = np.mean([spearmanr(np.abs(trained[i]).ravel(), np.abs(random[i]).ravel()).statistic for i in range(3)])
     row = frame[(frame["method"] == "saliency") & (frame["layers"] == 2)].iloc[0]
     assert row["spearman"] == pytest.approx(expected, rel=1e-6) and row["spearman"] < 0.9
+    strokes = x != 0
+    expected = np.mean([spearmanr(np.abs(trained[i])[strokes[i]], np.abs(random[i])[strokes[i]]).statistic
+                        for i in range(3)])
+    assert row["spearman_strokes"] == pytest.approx(expected, rel=1e-6) and row["spearman_strokes"] != row["spearman"]
 
 
 def test_passes_judges_each_method_by_its_fully_randomised_row():
@@ -307,3 +327,5 @@ def test_passes_judges_each_method_by_its_fully_randomised_row():
     verdict = attributions.passes(frame, threshold=0.5)
     assert verdict.to_dict() == {"a": True, "b": False, "c": True}
     assert attributions.passes(frame, threshold=0.1).to_dict() == {"a": False, "b": False, "c": False}
+    frame["other"] = [1.0, 1.0, 0.9, 1.0, 1.0, 0.2, 1.0, 0.8]
+    assert attributions.passes(frame, 0.5, column="other").to_dict() == {"a": False, "b": True, "c": False}
