@@ -89,6 +89,19 @@ def git_status() -> str:
                           check=True).stdout
 
 
+KERNEL_READY = """() => {
+    const name = document.querySelector('.jp-Toolbar-kernelName')?.textContent?.trim() ?? '';
+    return name !== '' && name !== 'No Kernel' && !document.querySelector('.jp-Dialog')
+        && !!document.querySelector(".jp-Notebook-ExecutionIndicator[data-status='idle']");
+}"""
+CELLS_RAN = """n => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]
+    .filter(p => /\\[\\d+\\]/.test(p.textContent)).length >= n"""
+LAB_STATE = """() => ({kernel: document.querySelector('.jp-Toolbar-kernelName')?.textContent,
+    status: document.querySelector('.jp-Notebook-ExecutionIndicator')?.dataset.status,
+    dialog: document.querySelector('.jp-Dialog')?.textContent ?? null,
+    prompts: [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')].map(p => p.textContent).slice(0, 8)})"""
+
+
 def run_first_cells_and_save(url: str, notebook: str, cells: int):
     """In a real JupyterLab: open `notebook`, run its first `cells` cells with Shift+Enter as a learner does, save."""
     def drive(chromium):
@@ -96,12 +109,15 @@ def run_first_cells_and_save(url: str, notebook: str, cells: int):
         try:
             page.goto(f"{url}/lab/tree/{notebook}", timeout=120_000)
             page.locator(".jp-Notebook .jp-Cell").first.click(timeout=120_000)
-            page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=120_000)
+            # The indicator reads 'idle' before any kernel exists (its default), so wait for the kernel's name too:
+            # keys pressed before the session has its kernel can land in a "Select Kernel" dialog and run nothing.
+            page.wait_for_function(KERNEL_READY, timeout=180_000)
             for _ in range(cells):
                 page.keyboard.press("Shift+Enter")
-            # the kernel is done when the last code cell it ran has an execution count, i.e. "[n]:"
-            page.wait_for_function("""n => [...document.querySelectorAll('.jp-Notebook .jp-InputPrompt')]
-                .filter(p => /\\[\\d+\\]/.test(p.textContent)).length >= n""", arg=2, timeout=180_000)
+            try:  # the kernel is done when the last code cell it ran has an execution count, i.e. "[n]:"
+                page.wait_for_function(CELLS_RAN, arg=2, timeout=180_000)
+            except Exception as error:
+                raise AssertionError(f"the cells did not run; the lab showed: {page.evaluate(LAB_STATE)}") from error
             page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=180_000)
             page.keyboard.press("Control+s")
             page.wait_for_timeout(500)
