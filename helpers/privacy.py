@@ -272,7 +272,9 @@ def train_shadows(pool_x, pool_y, assignment: np.ndarray, recipe: SmallRecipe = 
 class DpRecipe:
     """DP-SGD: SGD with momentum on Poisson-sampled batches of expected size `batch_size`, each example's gradient
     clipped to `max_grad_norm`; the learning rate decays from `lr` to 0 over all steps (`schedule` "cosine" or
-    "linear"; "constant" keeps it). The noise is whatever reaches the target ε at `delta` after `epochs` epochs."""
+    "linear"; "constant" keeps it). The noise is whatever reaches the target ε at `delta` after `epochs` epochs.
+    `physical_batch_size`: compute each sampled batch in pieces of at most this many examples (Opacus'
+    BatchMemoryManager); the update and the privacy accounting are the batch's, the speed the pieces'."""
 
     epochs: int
     batch_size: int
@@ -283,10 +285,12 @@ class DpRecipe:
     seed: int = 0
     accountant: str = "prv"
     schedule: str = "cosine"
+    physical_batch_size: int | None = None  # None: the whole sampled batch at once
 
 
 SCHEDULES = ("constant", "cosine", "linear")
-DP_RECIPE = DpRecipe(epochs=3, batch_size=1024, lr=8.0, momentum=0.9, max_grad_norm=0.5)
+# 1,024 per step for the accountant, 256 at a time for the CPU: nearly twice as fast here (measured), same update
+DP_RECIPE = DpRecipe(epochs=3, batch_size=1024, lr=8.0, momentum=0.9, max_grad_norm=0.5, physical_batch_size=256)
 
 
 @dataclass(frozen=True, eq=False)
@@ -369,14 +373,15 @@ def train_dp(x, y, target_epsilon: float, recipe: DpRecipe = DP_RECIPE, x_val=No
         for _ in range(recipe.epochs):
             started = time.perf_counter()
             private_model.train()
-            for xb, yb in loader:
-                for group in optimizer.param_groups:
-                    group["lr"] = dp_learning_rate(step, total_steps, recipe)
-                optimizer.zero_grad()
-                loss = criterion(private_model(xb), yb)
-                loss.backward()  # ghost clipping: two backward passes, the second with each example's loss rescaled
-                optimizer.step()  # the clipped sum, plus noise, averaged over the expected batch size
-                step += 1
+            with physical_batches(loader, optimizer, recipe.physical_batch_size) as batches:
+                for xb, yb in batches:
+                    for group in optimizer.param_groups:
+                        group["lr"] = dp_learning_rate(step, total_steps, recipe)
+                    optimizer.zero_grad()  # (between the pieces of one batch, Opacus keeps the clipped sum so far)
+                    loss = criterion(private_model(xb), yb)
+                    loss.backward()  # ghost clipping: two backward passes, the second with each example's loss rescaled
+                    optimizer.step()  # the clipped sum, plus noise, averaged over the expected batch size
+                    step += not optimizer._is_last_step_skipped  # a piece before a batch's last takes no step
             seconds.append(time.perf_counter() - started)
             if x_val is not None:
                 val_accuracy.append(float((training.torch_logits(model, as_images(x_val)).argmax(1) == np.asarray(y_val)).mean()))
@@ -386,9 +391,21 @@ def train_dp(x, y, target_epsilon: float, recipe: DpRecipe = DP_RECIPE, x_val=No
                     delta=recipe.delta, seconds_per_epoch=seconds, val_accuracy=val_accuracy)
 
 
+def physical_batches(loader, optimizer, max_size: int | None):
+    """A context giving `loader`'s batches, each split into pieces of at most `max_size` examples that the optimizer
+    adds up before its one step (Opacus' BatchMemoryManager); `max_size` None: the batches themselves."""
+    from contextlib import nullcontext
+
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    if max_size is None:
+        return nullcontext(loader)
+    return BatchMemoryManager(data_loader=loader, max_physical_batch_size=max_size, optimizer=optimizer)
+
+
 def train_plain_epoch_seconds(x, y, recipe: DpRecipe = DP_RECIPE) -> float:
-    """Seconds for one epoch of the same model and loop without Opacus: shuffled batches of recipe.batch_size, the same
-    SGD with momentum, no clipping and no noise. What DP-SGD costs in time is `train_dp`'s seconds over this."""
+    """Seconds for one epoch of the same model and loop without Opacus: shuffled batches of the size DP-SGD computes
+    at once (recipe.physical_batch_size, else batch_size), the same SGD with momentum, no clipping and no noise.
+    What DP-SGD costs in time is `train_dp`'s seconds over this."""
     import torch
     import torch.nn.functional as F
     from torch.utils.data import DataLoader, TensorDataset
@@ -397,7 +414,8 @@ def train_plain_epoch_seconds(x, y, recipe: DpRecipe = DP_RECIPE) -> float:
     torch.manual_seed(recipe.seed)
     model = models.torch_model(ARCHITECTURE)
     optimizer = torch.optim.SGD(model.parameters(), lr=recipe.lr, momentum=recipe.momentum)
-    loader = DataLoader(TensorDataset(x_t, y_t), batch_size=recipe.batch_size, shuffle=True)
+    # the batches DP-SGD computes at once: the same work per example, without the clipping and the noise
+    loader = DataLoader(TensorDataset(x_t, y_t), batch_size=recipe.physical_batch_size or recipe.batch_size, shuffle=True)
     total_steps = len(loader)
     started = time.perf_counter()
     model.train()

@@ -308,6 +308,16 @@ def test_train_dp_is_deterministic_for_the_same_seed_and_another_seed_trains_ano
     assert not same_weights(first.model, models.torch_model(privacy.ARCHITECTURE))  # it did train
 
 
+def test_physical_batches_train_the_same_model_and_spend_the_same_epsilon():
+    x, y = random_digits(512, seed=6)
+    whole = dataclasses.replace(DP_TINY, epochs=2, momentum=0.9)  # cosine: the rate follows the logical steps
+    at_once = privacy.train_dp(x, y, TARGET_EPSILON, whole)
+    in_pieces = privacy.train_dp(x, y, TARGET_EPSILON, dataclasses.replace(whole, physical_batch_size=32))
+    assert in_pieces.epsilon == at_once.epsilon and in_pieces.noise_multiplier == at_once.noise_multiplier
+    for a, b in zip(at_once.model.state_dict().values(), in_pieces.model.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-5)  # the same sums, added in another order
+
+
 def test_dp_learning_rate_schedules():
     cosine = privacy.DpRecipe(epochs=1, batch_size=1, lr=2.0, momentum=0.0, max_grad_norm=1.0)
     linear = privacy.DpRecipe(epochs=1, batch_size=1, lr=2.0, momentum=0.0, max_grad_norm=1.0, schedule="linear")
