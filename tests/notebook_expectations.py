@@ -241,4 +241,21 @@ EXPECTATIONS = {
         "rate_limit_admitted_of_30": ("<=", 22),
         "https_verified": ("==", True),
     },
+    "13_privacy_explanations": {
+        # the memoriser leaks (LiRA more than the loss threshold), the 60,000-digit model hardly; smoke trains less
+        "memoriser_lira_auc": (">", 0.6),
+        "memoriser_loss_auc": (">", 0.55),
+        "served_scores_auc": (">", 0.55),  # the attack through the server's scores
+        "normal_loss_auc": ("<", 0.6),
+        # DP-SGD learns (smoke: 4,000 digits, one epoch) and the ε = 1 memoriser's leak falls towards a coin's
+        "dp_accuracy_eps8": (">", 0.7),
+        "dp_memoriser_eps1_auc": ("<", 0.6),
+        # the explanations' tests: IG adds up; deleting its pixels first hurts far more than random deletion
+        "ig_completeness_median_gap": ("<", 0.01),
+        "deletion_area_ig": ("<", 0.5),
+        "deletion_area_random": (">", 0.8),
+        # every bad :explain request got a 4xx with a message; an explanation costs more than a prediction
+        "explain_bad_requests_4xx": ("==", 7),
+        "explain_ig_over_predict": (">", 1.0),
+    },
 }
