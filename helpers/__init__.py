@@ -3,6 +3,7 @@
 Import the module you need (`from helpers import data, report`); nothing heavy is imported here. The modules by
 chapter, in layers: each imports only layers below its own (pyproject.toml's import-linter contracts check it).
 
+    chapter 13      privacy         membership attacks (loss threshold, LiRA with shadow models), DP-SGD with Opacus
     chapters 10-11  model_servers/  Triton, PyTriton, MLServer, BentoML, LitServe, Ray Serve: started, measured (10)
                     ab_testing      sample sizes, the two-proportion test, peeking and the always-valid mSPRT (11)
     chapter 12      malicious_files model files that run code when loaded, the scanners measured on them, safe loaders
@@ -21,11 +22,12 @@ chapter, in layers: each imports only layers below its own (pyproject.toml's imp
                     models, training, model_store, tensorboard_logs   the classifiers, their training, on disk (02)
                     export, savedmodel_predict                  SavedModel, ONNX, TorchScript, ExecuTorch (03-04)
                     bench, plots, report, env, digits           measuring, drawing, recording, versions, strokes
-    the server      serving/        the course's inference server (06): protocols, batching, versions, drift monitor
+    the server      serving/        the course's inference server (06): protocols, batching, versions, drift monitor, explanations
     below the server runtimes       every ONNX Runtime session and SavedModel load, with the one thread setting
                     processes       the one way to start and stop a process, and only the course's own
                     losses          losses and the one softmax, in plain NumPy (chapter 01's reference)
                     signing, tls    versions signed and verified (model-signing, local keys); certificates for HTTPS (12)
+                    attributions    saliency, Integrated Gradients, occlusion (Captum), their tests (13)
     foundation      integrity, fixes, progress, paths           hashes, the fixes table, progress bars, where things live
                     quiet           the stack's start-up notices kept out of cell outputs (the kernel installs it)
                     show            the course's own code displayed in a notebook, read from its source file
